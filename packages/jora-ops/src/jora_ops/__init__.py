@@ -1,0 +1,51 @@
+"""jora-ops: stateless tensor functions and kernels of JORA (rotations, selection, magnitude, fused linear).
+
+Depends on torch only; Triton kernels come with the ``triton`` extra. Nothing here holds state or knows
+about modules, configs or PEFT, so other adapters can reuse these functions on plain tensors.
+"""
+
+from jora_ops._version import __version__
+from jora_ops.cores import CORE_KINDS, CoreSpec, core_apply, core_dense
+from jora_ops.fused import WEIGHT_LAYOUTS, base_linear, jora_delta, jora_linear
+from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
+from jora_ops.rotation import (
+    IMPLS,
+    ROTATION_PARAMS,
+    apply_rotations,
+    cayley_cos_sin,
+    rotation_cos_sin,
+    rotation_matrix,
+    validate_pairs,
+)
+from jora_ops.selection import (
+    PAIRING_STRATEGIES,
+    compute_allowed_pairs,
+    select_random_pairs,
+    select_top_k_pairs_gpu,
+)
+
+__all__ = [
+    "CORE_KINDS",
+    "IMPLS",
+    "PAIRING_STRATEGIES",
+    "ROTATION_PARAMS",
+    "WEIGHT_LAYOUTS",
+    "CoreSpec",
+    "__version__",
+    "apply_rotations",
+    "base_linear",
+    "cayley_cos_sin",
+    "compute_allowed_pairs",
+    "compute_ecd_scale",
+    "compute_oer_scale_softmax",
+    "core_apply",
+    "core_dense",
+    "jora_delta",
+    "jora_linear",
+    "linear_temperature_anneal",
+    "rotation_cos_sin",
+    "rotation_matrix",
+    "select_random_pairs",
+    "select_top_k_pairs_gpu",
+    "validate_pairs",
+]

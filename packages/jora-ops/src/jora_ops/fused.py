@@ -1,0 +1,302 @@
+"""The fused adapted linear: ``y = s ⊙ ((W + R_Lᵀ C R_R − C₀) x) + b`` as one autograd function.
+
+The base matmul, the sparse rotations, the core, the init offset, the magnitude scale and the selection
+statistics run in one :class:`torch.autograd.Function`. Its backward returns gradients for ``x``, the angles,
+the core parameters, the scale ``s`` (and so the magnitude logits through autograd), the bias and a given
+``base_output``, never for ``W``. It saves ``x`` and, with a scale, the output ``y`` (tensors the surrounding
+network usually keeps anyway) plus O(n + m) extras; the adapter's delta is recomputed in backward.
+
+Pair tables passed here hold only active pairs (no ``-1`` rows): the per-adapter module passes the active
+prefix of its slot table, whose length it knows on the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from jora_ops._dispatch import resolve_impl
+from jora_ops.cores import CoreSpec, core_apply
+from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
+
+WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
+
+__all__ = ["WEIGHT_LAYOUTS", "base_linear", "jora_delta", "jora_linear"]
+
+
+def base_linear(x: torch.Tensor, weight: torch.Tensor, weight_layout: str = "linear") -> torch.Tensor:
+    """``W x`` for a weight stored as ``[n, m]`` (``"linear"``) or ``[m, n]`` (HF ``Conv1D``, ``"conv1d"``)."""
+    if weight_layout == "linear":
+        return torch.nn.functional.linear(x, weight)
+    if weight_layout == "conv1d":
+        return x @ weight
+    raise ValueError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {weight_layout!r}")
+
+
+def _empty_side(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty(0, 2, dtype=torch.long, device=device), torch.empty(0, device=device)
+
+
+def jora_delta(
+    x: torch.Tensor,
+    *,
+    core: CoreSpec,
+    core_params: tuple[torch.Tensor, ...],
+    core_offset: tuple[torch.Tensor, ...] | None = None,
+    pairs_R: torch.Tensor | None = None,
+    theta_R: torch.Tensor | None = None,
+    pairs_L: torch.Tensor | None = None,
+    theta_L: torch.Tensor | None = None,
+    rotation_param: str = "cayley",
+) -> torch.Tensor:
+    """``ΔW x = R_Lᵀ C R_R x − C₀ x`` in plain differentiable torch ops (fp32 for low-precision ``x``).
+
+    ``x`` is ``[..., m]``; the result is ``[..., n]``. Pair tables hold active pairs only.
+    """
+    if pairs_R is None or theta_R is None:
+        pairs_R, theta_R = _empty_side(x.device)
+    if pairs_L is None or theta_L is None:
+        pairs_L, theta_L = _empty_side(x.device)
+    cos_R, sin_R = rotation_cos_sin(theta_R, rotation_param)
+    cos_L, sin_L = rotation_cos_sin(theta_L, rotation_param)
+    rotated = apply_rotations_reference(x, pairs_R, cos_R, sin_R)
+    delta = apply_rotations_reference(core_apply(core, core_params, rotated), pairs_L, cos_L, sin_L, transpose=True)
+    if core_offset is not None:
+        delta = delta - core_apply(core, core_offset, x)
+    return delta
+
+
+@dataclass
+class _Static:
+    """Non-differentiable inputs of the autograd function."""
+
+    core: CoreSpec
+    n_core_params: int
+    has_offset: bool
+    pairs_R: torch.Tensor
+    pairs_L: torch.Tensor
+    weight_layout: str
+    rotation_param: str
+    stats_in: torch.Tensor | None
+    stats_out: torch.Tensor | None
+    on_backward: Callable[[], None] | None
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """fp32 for low-precision tensors, fp64 for fp64 ones."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
+def _tokens(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1])
+
+
+class _JoraLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        static: _Static,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        base_output: torch.Tensor | None,
+        theta_R: torch.Tensor,
+        theta_L: torch.Tensor,
+        scale: torch.Tensor | None,
+        *core_tensors: torch.Tensor,
+    ) -> torch.Tensor:
+        params = core_tensors[: static.n_core_params]
+        offset = core_tensors[static.n_core_params :] if static.has_offset else None
+        base = base_linear(x, weight, static.weight_layout) if weight is not None else base_output
+        assert base is not None
+        hidden = base.to(_compute_dtype(base)) + jora_delta(
+            x,
+            core=static.core,
+            core_params=params,
+            core_offset=offset,
+            pairs_R=static.pairs_R,
+            theta_R=theta_R,
+            pairs_L=static.pairs_L,
+            theta_L=theta_L,
+            rotation_param=static.rotation_param,
+        )
+        out = hidden * scale if scale is not None else hidden
+        if bias is not None:
+            out = out + bias
+        out = out.to(base.dtype)
+        ctx.static = static
+        ctx.base_dtype = base.dtype
+        ctx.save_for_backward(x, weight, bias, theta_R, theta_L, scale, out if scale is not None else None, *core_tensors)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        static: _Static = ctx.static
+        x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad = grad_out.to(_compute_dtype(grad_out))
+        if static.stats_out is not None:
+            static.stats_out.add_(_tokens(grad).square().mean(0))
+        if static.stats_in is not None:
+            static.stats_in.add_(_tokens(x).to(_compute_dtype(x)).square().mean(0))
+
+        grad_scale = None
+        grad_hidden = grad
+        if scale is not None:
+            if needs[7]:
+                hidden = out.to(grad.dtype) - bias if bias is not None else out.to(grad.dtype)
+                grad_scale = _tokens(grad * hidden).sum(0) / scale
+            grad_hidden = grad * scale
+        grad_bias = _tokens(grad).sum(0).to(bias.dtype) if needs[3] else None
+        grad_base_output = grad_hidden.to(ctx.base_dtype) if needs[4] else None
+
+        leaves = [x, theta_R, theta_L, *core_tensors[: static.n_core_params]]
+        wanted = [needs[1], needs[5], needs[6], *needs[8 : 8 + static.n_core_params]]
+        leaf_grads: list[torch.Tensor | None] = [None] * len(leaves)
+        if any(wanted):
+            with torch.enable_grad():
+                inputs = [t.detach().requires_grad_(w) for t, w in zip(leaves, wanted, strict=True)]
+                offset = tuple(core_tensors[static.n_core_params :]) if static.has_offset else None
+                delta = jora_delta(
+                    inputs[0],
+                    core=static.core,
+                    core_params=tuple(inputs[3:]),
+                    core_offset=offset,
+                    pairs_R=static.pairs_R,
+                    theta_R=inputs[1],
+                    pairs_L=static.pairs_L,
+                    theta_L=inputs[2],
+                    rotation_param=static.rotation_param,
+                )
+                targets = [t for t, w in zip(inputs, wanted, strict=True) if w]
+                grads = iter(torch.autograd.grad(delta, targets, grad_hidden.to(delta.dtype), allow_unused=True))
+                leaf_grads = [next(grads) if w else None for w in wanted]
+        grad_x = leaf_grads[0]
+        if needs[1] and weight is not None:
+            weight_t = weight if static.weight_layout == "linear" else weight.T  # W as [n, m]
+            grad_base = (grad_hidden.to(weight.dtype) @ weight_t).to(x.dtype)
+            grad_x = grad_base if grad_x is None else grad_base + grad_x.to(x.dtype)
+        elif grad_x is not None:
+            grad_x = grad_x.to(x.dtype)
+
+        if static.on_backward is not None:
+            static.on_backward()
+        n_offset = len(core_tensors) - static.n_core_params
+        core_grads = [
+            g.to(t.dtype) if g is not None else None for g, t in zip(leaf_grads[3:], core_tensors, strict=False)
+        ]
+        return (
+            None,
+            grad_x,
+            None,
+            grad_bias,
+            grad_base_output,
+            leaf_grads[1],
+            leaf_grads[2],
+            grad_scale,
+            *core_grads,
+            *([None] * n_offset),
+        )
+
+
+def _check_side(
+    pairs: torch.Tensor | None, theta: torch.Tensor | None, side: str, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if (pairs is None) != (theta is None):
+        raise ValueError(f"pairs_{side} and theta_{side} must both be given or both be None")
+    if pairs is None or theta is None:
+        return _empty_side(device)
+    if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"pairs_{side} must be an integer tensor of shape (a, 2), got {pairs.dtype} {tuple(pairs.shape)}")
+    if theta.shape != (pairs.shape[0],):
+        raise ValueError(f"theta_{side} must have shape ({pairs.shape[0]},), got {tuple(theta.shape)}")
+    return pairs, theta
+
+
+def jora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+    *,
+    core: CoreSpec,
+    core_params: tuple[torch.Tensor, ...],
+    core_offset: tuple[torch.Tensor, ...] | None = None,
+    pairs_R: torch.Tensor | None = None,
+    theta_R: torch.Tensor | None = None,
+    pairs_L: torch.Tensor | None = None,
+    theta_L: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    base_output: torch.Tensor | None = None,
+    weight_layout: str = "linear",
+    rotation_param: str = "cayley",
+    stats_in: torch.Tensor | None = None,
+    stats_out: torch.Tensor | None = None,
+    on_backward: Callable[[], None] | None = None,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """The JORA-adapted linear ``y = s ⊙ (h + ΔW x) + b`` with ``h = W x`` (or a given ``base_output``).
+
+    Args:
+        x: input ``[..., m]``.
+        weight: frozen base weight, ``[n, m]`` (``weight_layout="linear"``) or ``[m, n]`` (``"conv1d"``);
+            ``None`` when ``base_output`` is given (chaining several adapters, JORA.md §1).
+        bias: optional ``[n]`` bias, added after the scale (never scaled).
+        core: the core's :class:`~jora_ops.cores.CoreSpec`.
+        core_params: the core's parameter tuple; ``core_offset``: the frozen initial core ``C₀`` or ``None``.
+        pairs_R, theta_R: active input-side pairs ``[a_R, 2]`` and their angles ``[a_R]`` (``None``: no rotation).
+        pairs_L, theta_L: active output-side pairs and angles.
+        scale: the row scale ``s`` ``[n]`` or ``None`` (``s ≡ 1``).
+        base_output: precomputed ``h`` ``[..., n]`` instead of ``weight`` (receives a gradient).
+        rotation_param: ``"cayley"`` or ``"angle"``.
+        stats_in, stats_out: fp32 buffers ``[m]``/``[n]``; backward adds the token mean of ``x²`` and of
+            ``(∂L/∂y)²`` to them, exactly once per backward (also under activation checkpointing).
+        on_backward: called once at the end of each backward of this function.
+        impl: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        ``y`` ``[..., n]`` in the base output's dtype.
+    """
+    if (weight is None) == (base_output is None):
+        raise ValueError("give exactly one of weight and base_output")
+    if weight_layout not in WEIGHT_LAYOUTS:
+        raise ValueError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {weight_layout!r}")
+    check_rotation_param(rotation_param)
+    n, m = core.out_features, core.in_features
+    if x.shape[-1] != m:
+        raise ValueError(f"x must have {m} features in its last dimension, got shape {tuple(x.shape)}")
+    if weight is not None:
+        expected = (n, m) if weight_layout == "linear" else (m, n)
+        if tuple(weight.shape) != expected:
+            raise ValueError(f"weight must have shape {expected} for layout {weight_layout!r}, got {tuple(weight.shape)}")
+    if base_output is not None and base_output.shape != (*x.shape[:-1], n):
+        raise ValueError(f"base_output must have shape {(*x.shape[:-1], n)}, got {tuple(base_output.shape)}")
+    for name, vec, size in (("bias", bias, n), ("scale", scale, n), ("stats_in", stats_in, m), ("stats_out", stats_out, n)):
+        if vec is not None and vec.shape != (size,):
+            raise ValueError(f"{name} must have shape ({size},), got {tuple(vec.shape)}")
+    for name, buf in (("stats_in", stats_in), ("stats_out", stats_out)):
+        if buf is not None and buf.dtype != torch.float32:
+            raise TypeError(f"{name} must be a float32 buffer, got {buf.dtype}")
+    pairs_R, theta_R = _check_side(pairs_R, theta_R, "R", x.device)
+    pairs_L, theta_L = _check_side(pairs_L, theta_L, "L", x.device)
+    if resolve_impl(impl, x) == "triton" and impl == "triton":
+        raise NotImplementedError(
+            "the fused Triton kernels are not available yet; use impl='torch' or impl='auto' (torch reference)"
+        )
+    static = _Static(
+        core=core,
+        n_core_params=len(core_params),
+        has_offset=core_offset is not None,
+        pairs_R=pairs_R,
+        pairs_L=pairs_L,
+        weight_layout=weight_layout,
+        rotation_param=rotation_param,
+        stats_in=stats_in,
+        stats_out=stats_out,
+        on_backward=on_backward,
+    )
+    return _JoraLinearFunction.apply(
+        static, x, weight, bias, base_output, theta_R, theta_L, scale, *core_params, *(core_offset or ())
+    )

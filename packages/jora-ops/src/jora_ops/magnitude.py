@@ -1,0 +1,91 @@
+"""Energy-conserving row scales s ∈ R^n (JORA.md §5).
+
+``ν`` are the output-row norms of the frozen weight and ``E = Σ ν_i²``. Rows with ``ν_i <= eps`` are
+excluded (scale fixed at 1). Both scales conserve the energy exactly, ``Σ (s_i ν_i)² = E``, and are the
+identity at zero logits for any temperature. Temperatures may be Python floats or 0-d tensors (buffers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["compute_ecd_scale", "compute_oer_scale_softmax", "linear_temperature_anneal"]
+
+
+def _check_temperature(temperature: float | torch.Tensor, name: str = "temperature") -> None:
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"{name} must be > 0, got {temperature}")
+
+
+def _check_norms(base_row_norms: torch.Tensor, logits: torch.Tensor, logits_name: str) -> None:
+    if not base_row_norms.is_floating_point():
+        raise TypeError(f"base_row_norms must be floating point, got {base_row_norms.dtype}")
+    if logits.shape != base_row_norms.shape or base_row_norms.dim() != 1:
+        raise ValueError(
+            f"{logits_name} {tuple(logits.shape)} and base_row_norms {tuple(base_row_norms.shape)} "
+            "must be 1-D of the same length"
+        )
+
+
+def _included_energy(
+    nu: torch.Tensor, total_energy: float | torch.Tensor, included: torch.Tensor
+) -> torch.Tensor:
+    excluded_energy = torch.where(included, 0.0, nu * nu).sum()
+    return torch.as_tensor(total_energy, dtype=torch.float32, device=nu.device) - excluded_energy
+
+
+def compute_oer_scale_softmax(
+    base_row_norms: torch.Tensor,
+    total_energy: float | torch.Tensor,
+    oer_logits: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """OER: ``p = softmax(log ν² + w/T)`` over included rows, ``s_i = sqrt(E·p_i)/ν_i`` (fp32).
+
+    Rows compete for the fixed total energy; ``w = 0`` gives ``s ≡ 1`` for any ``T``.
+    """
+    _check_norms(base_row_norms, oer_logits, "oer_logits")
+    _check_temperature(temperature)
+    nu = base_row_norms.float()
+    included = nu > eps
+    log_nu = torch.where(included, nu, 1.0).log()
+    logits = torch.where(included, 2.0 * log_nu + oer_logits.float() / temperature, float("-inf"))
+    log_p = torch.log_softmax(logits, dim=0)
+    energy = _included_energy(nu, total_energy, included)
+    log_scale = 0.5 * (energy.log() + log_p) - log_nu
+    return torch.where(included, log_scale.exp(), 1.0)
+
+
+def compute_ecd_scale(
+    base_row_norms: torch.Tensor,
+    total_energy: float | torch.Tensor,
+    ecd_log_mag: torch.Tensor,
+    ecd_alpha: float = 0.5,
+    temperature: float | torch.Tensor = 1.0,
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """ECD: ``g_i = 1 + α·tanh(w_i/T)``, ``s_i = g_i·sqrt(E / Σ_j (ν_j g_j)²)`` (fp32), α ∈ [0, 1)."""
+    _check_norms(base_row_norms, ecd_log_mag, "ecd_log_mag")
+    _check_temperature(temperature)
+    if not 0.0 <= ecd_alpha < 1.0:
+        raise ValueError(f"ecd_alpha must be in [0, 1), got {ecd_alpha}")
+    nu = base_row_norms.float()
+    included = nu > eps
+    gain = torch.where(included, 1.0 + ecd_alpha * torch.tanh(ecd_log_mag.float() / temperature), 0.0)
+    energy = _included_energy(nu, total_energy, included)
+    norm = torch.sqrt(energy / ((nu * gain) ** 2).sum())
+    return torch.where(included, gain * norm, 1.0)
+
+
+def linear_temperature_anneal(step: int, total_steps: int | None, start: float, end: float) -> float:
+    """Temperature moving linearly from ``start`` (step 0) to ``end`` (``total_steps`` and after).
+
+    Without a positive ``total_steps`` the temperature stays at ``start``.
+    """
+    _check_temperature(start, "start temperature")
+    _check_temperature(end, "end temperature")
+    if not total_steps or total_steps <= 0:
+        return float(start)
+    frac = min(1.0, max(0, step) / total_steps)
+    return float(start + (end - start) * frac)
