@@ -27,11 +27,15 @@ def _check_norms(base_row_norms: torch.Tensor, logits: torch.Tensor, logits_name
         )
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _included_energy(
     nu: torch.Tensor, total_energy: float | torch.Tensor, included: torch.Tensor
 ) -> torch.Tensor:
     excluded_energy = torch.where(included, 0.0, nu * nu).sum()
-    return torch.as_tensor(total_energy, dtype=torch.float32, device=nu.device) - excluded_energy
+    return torch.as_tensor(total_energy, dtype=nu.dtype, device=nu.device) - excluded_energy
 
 
 def compute_oer_scale_softmax(
@@ -41,19 +45,20 @@ def compute_oer_scale_softmax(
     temperature: float | torch.Tensor = 1.0,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """OER: ``p = softmax(log ν² + w/T)`` over included rows, ``s_i = sqrt(E·p_i)/ν_i`` (fp32).
+    """OER: ``p = softmax(log ν² + w/T)`` over included rows, ``s_i = sqrt(E·p_i)/ν_i`` (at least fp32).
 
     Rows compete for the fixed total energy; ``w = 0`` gives ``s ≡ 1`` for any ``T``.
     """
     _check_norms(base_row_norms, oer_logits, "oer_logits")
     _check_temperature(temperature)
-    nu = base_row_norms.float()
+    nu = _at_least_fp32(base_row_norms)
     included = nu > eps
-    log_nu = torch.where(included, nu, 1.0).log()
-    logits = torch.where(included, 2.0 * log_nu + oer_logits.float() / temperature, float("-inf"))
-    log_p = torch.log_softmax(logits, dim=0)
     energy = _included_energy(nu, total_energy, included)
-    log_scale = 0.5 * (energy.log() + log_p) - log_nu
+    # log s_i = w_i/(2T) − ½·logsumexp_j(log p0_j + w_j/T) with the prior p0 = ν²/E: the same as
+    # sqrt(E·p_i)/ν_i, exactly 1 at w = 0 up to one rounding, and stable for tiny ν.
+    scaled = _at_least_fp32(oer_logits) / temperature
+    log_prior = torch.where(included, 2.0 * torch.where(included, nu, 1.0).log() - energy.log(), float("-inf"))
+    log_scale = 0.5 * (scaled - torch.logsumexp(log_prior + scaled, dim=0))
     return torch.where(included, log_scale.exp(), 1.0)
 
 
@@ -65,14 +70,14 @@ def compute_ecd_scale(
     temperature: float | torch.Tensor = 1.0,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """ECD: ``g_i = 1 + α·tanh(w_i/T)``, ``s_i = g_i·sqrt(E / Σ_j (ν_j g_j)²)`` (fp32), α ∈ [0, 1)."""
+    """ECD: ``g_i = 1 + α·tanh(w_i/T)``, ``s_i = g_i·sqrt(E / Σ_j (ν_j g_j)²)`` (at least fp32), α ∈ [0, 1)."""
     _check_norms(base_row_norms, ecd_log_mag, "ecd_log_mag")
     _check_temperature(temperature)
     if not 0.0 <= ecd_alpha < 1.0:
         raise ValueError(f"ecd_alpha must be in [0, 1), got {ecd_alpha}")
-    nu = base_row_norms.float()
+    nu = _at_least_fp32(base_row_norms)
     included = nu > eps
-    gain = torch.where(included, 1.0 + ecd_alpha * torch.tanh(ecd_log_mag.float() / temperature), 0.0)
+    gain = torch.where(included, 1.0 + ecd_alpha * torch.tanh(_at_least_fp32(ecd_log_mag) / temperature), 0.0)
     energy = _included_energy(nu, total_energy, included)
     norm = torch.sqrt(energy / ((nu * gain) ** 2).sum())
     return torch.where(included, gain * norm, 1.0)

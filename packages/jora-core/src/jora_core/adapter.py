@@ -1,0 +1,428 @@
+"""One JORA adapter on one layer: state, initialisation, statistics, selection rounds and the merge delta.
+
+The adapter holds the state of JORA.md §7. Its forward runs the fused function of :mod:`jora_ops.fused`; the
+backward of that function feeds the selection statistics and, once per backward call, advances the step
+counter, updates the EMA statistics, the temperature and runs the selection round (through a callback queued
+on the autograd engine), so any training loop drives the schedule without a manual call.
+
+Counts that decide shapes (active pairs per side, the step) are mirrored as Python ints, so forward and
+backward never synchronise with the device; the mirrors are refreshed from the buffers when a state dict is
+loaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from jora_ops.fused import jora_delta, jora_linear
+from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
+from jora_ops.selection import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
+from torch import nn
+
+from jora_core.cores import JoraCore, build_core
+from jora_core.layers import get_in_out_features, weight_layout
+from jora_core.settings import JoraSettings
+
+__all__ = ["SIDES", "JoraAdapter"]
+
+SIDES: tuple[str, ...] = ("L", "R")
+RANDOM_THETA_RANGE = 0.5  # init_weights=False: θ ~ U(−0.5, 0.5)
+RANDOM_LOGIT_STD = 0.3  # init_weights=False: magnitude logits ~ N(0, 0.3²)
+
+
+def _mix_seed(*parts: int) -> int:
+    """A deterministic 63-bit seed from integers (identical on every rank and every run)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value ^= value >> 31
+    return value & 0x7FFFFFFFFFFFFFFF
+
+
+class JoraAdapter(nn.Module):
+    """The per-adapter, per-layer JORA module.
+
+    Args:
+        base_weight: the frozen base weight (``[n, m]`` for ``"linear"``, ``[m, n]`` for ``"conv1d"``); only
+            read at creation for the row norms ``ν`` and the energy ``E``.
+        layout: ``"linear"`` or ``"conv1d"``.
+        settings: the knobs (defaults when ``None``); keyword ``knobs`` override single fields.
+        seed: per-layer seed for random pairs, Gumbel noise and random inits (same on every rank).
+        name: the layer's name, used in warnings.
+
+    Trainable: ``theta_L`` ``[S_L]``, ``theta_R`` ``[S_R]``, the core's parameters and ``mag_logits`` ``[n]``
+    (absent with ``magnitude="none"``). Persistent buffers: ``pairs_L``/``pairs_R`` (``-1`` = empty),
+    ``step``, ``total_steps`` (``-1`` = unknown), ``temperature``, ``ema_L``/``ema_R``, ``row_norms``,
+    ``total_energy``, ``seed`` and the core's offset.
+    """
+
+    def __init__(
+        self,
+        base_weight: torch.Tensor,
+        layout: str = "linear",
+        settings: JoraSettings | None = None,
+        *,
+        seed: int = 0,
+        name: str = "layer",
+        **knobs: Any,
+    ) -> None:
+        super().__init__()
+        settings = settings or JoraSettings()
+        if knobs:
+            settings = JoraSettings(**{**settings.to_dict(), **knobs})
+        if layout not in ("linear", "conv1d"):
+            raise ValueError(f"layout must be 'linear' or 'conv1d', got {layout!r}")
+        if base_weight.dim() != 2:
+            raise ValueError(f"base_weight must be 2-D, got shape {tuple(base_weight.shape)}")
+        self.settings = settings
+        self.layout = layout
+        self.name = name
+        weight = base_weight.detach()
+        n, m = weight.shape if layout == "linear" else weight.shape[::-1]
+        self.out_features, self.in_features = int(n), int(m)
+        device = weight.device
+        self.S_L = self._clamp_slots("S_L", settings.S_L, self.out_features)
+        self.S_R = self._clamp_slots("S_R", settings.S_R, self.in_features)
+
+        self.theta_L = nn.Parameter(torch.zeros(self.S_L, device=device))
+        self.theta_R = nn.Parameter(torch.zeros(self.S_R, device=device))
+        self.core: JoraCore = build_core(
+            settings.core,
+            self.out_features,
+            self.in_features,
+            block_size=settings.block_size,
+            lowrank_r=settings.lowrank_r,
+            lowrank_alpha=settings.lowrank_alpha,
+            zero_init=settings.zero_init_core,
+            init_weights=settings.init_weights,
+            device=device,
+        )
+        has_magnitude = settings.magnitude != "none"
+        self.mag_logits = nn.Parameter(torch.zeros(self.out_features, device=device)) if has_magnitude else None
+
+        row_norms = weight.float().norm(dim=1 if layout == "linear" else 0)
+        self.register_buffer("row_norms", row_norms)
+        self.register_buffer("total_energy", (row_norms * row_norms).sum())
+        self.register_buffer("pairs_L", torch.full((self.S_L, 2), -1, dtype=torch.long, device=device))
+        self.register_buffer("pairs_R", torch.full((self.S_R, 2), -1, dtype=torch.long, device=device))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long, device=device))
+        self.register_buffer("total_steps", torch.full((), -1, dtype=torch.long, device=device))
+        self.register_buffer("temperature", torch.full((), settings.initial_temperature, device=device))
+        self.register_buffer("seed", torch.tensor(int(seed) & 0x7FFFFFFFFFFFFFFF, device=device))
+        self.register_buffer("ema_L", torch.zeros(self.out_features, device=device))
+        self.register_buffer("ema_R", torch.zeros(self.in_features, device=device))
+        self.register_buffer("acc_L", torch.zeros(self.out_features, device=device), persistent=False)
+        self.register_buffer("acc_R", torch.zeros(self.in_features, device=device), persistent=False)
+
+        self._seed = int(seed) & 0x7FFFFFFFFFFFFFFF
+        self._step = 0
+        self._total_steps: int | None = None
+        self._active = {"L": 0, "R": 0}
+        self._calls = {"L": 0, "R": 0}
+        self._callback_queued = False
+        self.register_load_state_dict_post_hook(JoraAdapter._refresh_mirrors)
+
+        if settings.selection == "none" or not settings.init_weights:
+            self.init_random_pairs()
+        if not settings.init_weights:
+            with torch.no_grad():
+                generator = torch.Generator().manual_seed(_mix_seed(self._seed, 7))
+                for theta in (self.theta_L, self.theta_R):
+                    rand = torch.rand(theta.shape, generator=generator) * 2 - 1
+                    theta.copy_(RANDOM_THETA_RANGE * rand)
+                if self.mag_logits is not None:
+                    self.mag_logits.copy_(RANDOM_LOGIT_STD * torch.randn(self.out_features, generator=generator))
+
+    @classmethod
+    def from_layer(
+        cls, layer: nn.Module, settings: JoraSettings | None = None, *, seed: int = 0, name: str = "layer", **knobs: Any
+    ) -> JoraAdapter:
+        """Build the adapter for an ``nn.Linear`` or transformers ``Conv1D`` layer."""
+        get_in_out_features(layer)  # raises TypeError naming the unsupported type
+        return cls(layer.weight, weight_layout(layer), settings, seed=seed, name=name, **knobs)
+
+    def _clamp_slots(self, knob: str, slots: int, dim: int) -> int:
+        limit = dim // 2
+        if slots > limit:
+            warnings.warn(
+                f"JORA layer {self.name!r}: {knob}={slots} exceeds ⌊{dim}/2⌋ = {limit}; clamped to {limit}",
+                UserWarning,
+                stacklevel=3,
+            )
+            return limit
+        return slots
+
+    # ------------------------------------------------------------------ state
+    def _slots(self, side: str) -> int:
+        return self.S_L if side == "L" else self.S_R
+
+    def _pairs(self, side: str) -> torch.Tensor:
+        return self.pairs_L if side == "L" else self.pairs_R
+
+    def _theta(self, side: str) -> nn.Parameter:
+        return self.theta_L if side == "L" else self.theta_R
+
+    def _ema(self, side: str) -> torch.Tensor:
+        return self.ema_L if side == "L" else self.ema_R
+
+    def _acc(self, side: str) -> torch.Tensor:
+        return self.acc_L if side == "L" else self.acc_R
+
+    def active_count(self, side: str) -> int:
+        """Number of active slots of side ``"L"`` or ``"R"`` (host value, no device sync)."""
+        return self._active[side]
+
+    def is_frozen(self, side: str) -> bool:
+        """A side is frozen when all its slots are active (a side with no slots is always frozen)."""
+        return self._active[side] >= self._slots(side)
+
+    @property
+    def current_step(self) -> int:
+        """Number of backward calls seen (host value)."""
+        return self._step
+
+    @staticmethod
+    def _refresh_mirrors(module: nn.Module, incompatible_keys: Any) -> None:
+        assert isinstance(module, JoraAdapter)
+        for side in SIDES:
+            module._active[side] = int((module._pairs(side)[:, 0] >= 0).sum())
+        module._step = int(module.step)
+        total = int(module.total_steps)
+        module._total_steps = total if total >= 0 else None
+        module._seed = int(module.seed)
+
+    def set_total_steps(self, total_steps: int | None) -> None:
+        """Set the number of training steps (for ``warmup_ratio`` and temperature annealing)."""
+        if total_steps is not None and (isinstance(total_steps, bool) or total_steps < 0):
+            raise ValueError(f"total_steps must be a non-negative int or None, got {total_steps!r}")
+        self._total_steps = total_steps
+        self.total_steps.fill_(-1 if total_steps is None else total_steps)
+
+    # ------------------------------------------------------------------ math
+    def scale(self) -> torch.Tensor:
+        """The row scale ``s ∈ R^n`` (fp32); all ones with ``magnitude="none"``."""
+        s = self.settings
+        if self.mag_logits is None:
+            return torch.ones(self.out_features, device=self.row_norms.device)
+        if s.magnitude == "oer_softmax":
+            return compute_oer_scale_softmax(self.row_norms, self.total_energy, self.mag_logits, self.temperature, s.eps)
+        return compute_ecd_scale(
+            self.row_norms, self.total_energy, self.mag_logits, s.ecd_alpha, self.temperature, s.eps
+        )
+
+    def _side_args(self) -> dict[str, torch.Tensor]:
+        a_L, a_R = self._active["L"], self._active["R"]
+        return {
+            "pairs_L": self.pairs_L[:a_L],
+            "theta_L": self.theta_L[:a_L],
+            "pairs_R": self.pairs_R[:a_R],
+            "theta_R": self.theta_R[:a_R],
+        }
+
+    def compute_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """``ΔW x = R_Lᵀ C R_R x − C₀ x`` for ``x ∈ R^{..., m}`` (differentiable, fp32 for low-precision x)."""
+        return jora_delta(
+            x,
+            core=self.core.spec,
+            core_params=self.core.params(),
+            core_offset=self.core.offset(),
+            rotation_param=self.settings.rotation_param,
+            **self._side_args(),
+        )
+
+    def maybe_apply_magnitude(self, out: torch.Tensor) -> torch.Tensor:
+        """``s ⊙ out`` along the last dimension (``out`` unchanged with ``magnitude="none"``)."""
+        if self.mag_logits is None:
+            return out
+        return (out * self.scale()).to(out.dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
+        *,
+        base_output: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``s ⊙ ((W + ΔW) x) + b`` through the fused function (``base_output`` replaces ``W x``)."""
+        tracking = self.training and torch.is_grad_enabled()
+        collect = (
+            tracking
+            and self.settings.selection == "topk_ema"
+            and self._step % self.settings.ema_update_interval == 0
+        )
+        collect_L = collect and not self.is_frozen("L")
+        collect_R = collect and not self.is_frozen("R")
+        return jora_linear(
+            x,
+            weight,
+            bias,
+            core=self.core.spec,
+            core_params=self.core.params(),
+            core_offset=self.core.offset(),
+            scale=self.scale() if self.mag_logits is not None else None,
+            base_output=base_output,
+            weight_layout=self.layout,
+            rotation_param=self.settings.rotation_param,
+            stats_in=self.acc_R if collect_R else None,
+            stats_out=self.acc_L if collect_L else None,
+            on_backward=functools.partial(self._on_backward, collect_L, collect_R) if tracking else None,
+            impl=self.settings.rotation_impl,
+            **self._side_args(),
+        )
+
+    def delta_weight(self) -> torch.Tensor:
+        """The exact dense ``ΔW`` (fp32) in the base weight's layout (``[n, m]`` or ``[m, n]`` for Conv1D)."""
+        eye = torch.eye(self.in_features, device=self.row_norms.device)
+        with torch.no_grad():
+            delta_t = self.compute_delta(eye)  # row j = (ΔW e_j)ᵀ, i.e. ΔWᵀ
+        return delta_t.T.contiguous() if self.layout == "linear" else delta_t
+
+    def _row_scale_view(self) -> torch.Tensor:
+        s = self.scale().detach()
+        return s[:, None] if self.layout == "linear" else s[None, :]
+
+    def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype (the bias is left alone)."""
+        merged = (weight.float() + self.delta_weight()) * self._row_scale_view()
+        return merged.to(weight.dtype)
+
+    def unmerged_weight(self, merged: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`merged_weight`: ``diag(s)⁻¹ W' − ΔW``."""
+        return (merged.float() / self._row_scale_view() - self.delta_weight()).to(merged.dtype)
+
+    # ------------------------------------------------------------------ schedule
+    def _on_backward(self, collected_L: bool, collected_R: bool) -> None:
+        self._calls["L"] += collected_L
+        self._calls["R"] += collected_R
+        if not self._callback_queued:
+            self._callback_queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
+
+    def _finish_backward(self) -> None:
+        """Runs once at the end of each backward call that went through this adapter."""
+        self._callback_queued = False
+        beta = self.settings.ema_beta
+        with torch.no_grad():
+            for side in SIDES:
+                calls = self._calls[side]
+                if calls:
+                    acc = self._acc(side)
+                    self._ema(side).mul_(beta).add_(acc, alpha=(1.0 - beta) / calls)
+                    acc.zero_()
+                    self._calls[side] = 0
+            self._step += 1
+            self.step.fill_(self._step)
+            if self.settings.ecd_temp_annealing:
+                self.update_temperature(self._step, self._total_steps)
+            if self.settings.selection != "none" and self._step % self.settings.update_interval == 0:
+                self.update_step()
+
+    def update_temperature(self, step: int, total_steps: int | None) -> None:
+        """Set the magnitude temperature for ``step`` (linear annealing when enabled, else the fixed value)."""
+        s = self.settings
+        if s.ecd_temp_annealing:
+            value = linear_temperature_anneal(step, total_steps, s.ecd_temp_start, s.ecd_temp_end)
+        else:
+            value = s.fixed_temperature
+        self.temperature.fill_(value)
+
+    def _generator(self, side: str, purpose: int) -> torch.Generator:
+        side_index = SIDES.index(side)
+        return torch.Generator().manual_seed(_mix_seed(self._seed, purpose, self._step, side_index))
+
+    def _synchronised_ema(self, side: str) -> torch.Tensor:
+        ema = self._ema(side)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(ema)
+            ema.div_(dist.get_world_size())
+        return ema
+
+    def _fill_slots(self, side: str, new_pairs: torch.Tensor) -> None:
+        start = self._active[side]
+        count = new_pairs.shape[0]
+        with torch.no_grad():
+            self._pairs(side)[start : start + count] = new_pairs
+            self._theta(side)[start : start + count] = 0.0
+        self._active[side] = start + count
+
+    @torch.no_grad()
+    def update_step(self, total_steps: int | None = None) -> None:
+        """One selection round (JORA.md §6): fill up to ``k`` empty slots per side within the allowance.
+
+        New slots start at θ = 0, so a round never changes the layer's function. Active slots are never
+        re-assigned; a side whose slots are all active is frozen. With ``selection="none"`` nothing happens.
+        """
+        if total_steps is not None:
+            self.set_total_steps(total_steps)
+        s = self.settings
+        if s.selection == "none":
+            return
+        for side in SIDES:
+            slots, active = self._slots(side), self._active[side]
+            if active >= slots:
+                continue
+            allowed = compute_allowed_pairs(slots, self._step, s.warmup_steps, s.warmup_ratio, self._total_steps)
+            want = min(s.k, allowed - active)
+            if want <= 0:
+                continue
+            exclude = self._pairs(side)[:active].flatten()
+            if s.selection == "topk_ema":
+                new_pairs = select_top_k_pairs_gpu(
+                    self._synchronised_ema(side),
+                    want,
+                    exclude=exclude,
+                    pairing_strategy=s.pairing_strategy,
+                    use_gumbel=s.use_gumbel,
+                    gumbel_tau=s.gumbel_tau,
+                    generator=self._generator(side, 1) if s.use_gumbel else None,
+                )
+            else:
+                dim = self.out_features if side == "L" else self.in_features
+                new_pairs = select_random_pairs(dim, want, generator=self._generator(side, 2), exclude=exclude)
+            self._fill_slots(side, new_pairs.to(self.pairs_L.device))
+
+    @torch.no_grad()
+    def init_random_pairs(self, n_pairs_L: int | None = None, n_pairs_R: int | None = None) -> None:
+        """Fill empty slots with random disjoint pairs (per-layer seed) until ``n_pairs_*`` are active.
+
+        ``None`` fills every slot of that side. Active slots are kept; new slots start at θ = 0.
+        """
+        for side, wanted in (("L", n_pairs_L), ("R", n_pairs_R)):
+            slots = self._slots(side)
+            target = slots if wanted is None else wanted
+            if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= slots:
+                raise ValueError(f"n_pairs_{side} must be an int in [0, {slots}] or None, got {wanted!r}")
+            want = target - self._active[side]
+            if want <= 0:
+                continue
+            dim = self.out_features if side == "L" else self.in_features
+            exclude = self._pairs(side)[: self._active[side]].flatten()
+            new_pairs = select_random_pairs(dim, want, generator=self._generator(side, 3), exclude=exclude)
+            self._fill_slots(side, new_pairs.to(self.pairs_L.device))
+
+    def state_summary(self) -> dict[str, Any]:
+        """What users inspect: active ``pairs_L``/``pairs_R`` ``[a, 2]``, their ``theta_L``/``theta_R``, the
+        ``scale`` s, ``frozen_L``/``frozen_R`` and ``step``."""
+        a_L, a_R = self._active["L"], self._active["R"]
+        return {
+            "pairs_L": self.pairs_L[:a_L].detach().clone(),
+            "pairs_R": self.pairs_R[:a_R].detach().clone(),
+            "theta_L": self.theta_L[:a_L].detach().clone(),
+            "theta_R": self.theta_R[:a_R].detach().clone(),
+            "scale": self.scale().detach(),
+            "frozen_L": self.is_frozen("L"),
+            "frozen_R": self.is_frozen("R"),
+            "step": self._step,
+        }
+
+    def extra_repr(self) -> str:
+        s = self.settings
+        return (
+            f"in={self.in_features}, out={self.out_features}, S_L={self.S_L}, S_R={self.S_R}, core={s.core}, "
+            f"magnitude={s.magnitude}, selection={s.selection}"
+        )

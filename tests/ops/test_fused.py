@@ -1,0 +1,236 @@
+"""The fused adapted linear against the float64 dense reference (JORA.md §1, invariants 3, 5, 6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from jora_ops import CoreSpec, jora_delta, jora_linear
+from jora_ops.cores import core_param_shapes
+from jora_reference import adapted_weight, dense_core, dense_rotation, rel_error
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Case:
+    spec: CoreSpec
+    params: tuple[torch.Tensor, ...]
+    offset: tuple[torch.Tensor, ...] | None
+    pairs_L: torch.Tensor
+    theta_L: torch.Tensor
+    pairs_R: torch.Tensor
+    theta_R: torch.Tensor
+    weight: torch.Tensor  # [n, m]
+    bias: torch.Tensor | None
+    scale: torch.Tensor | None
+    rotation_param: str
+
+    def kwargs(self) -> dict:
+        return {
+            "core": self.spec,
+            "core_params": self.params,
+            "core_offset": self.offset,
+            "pairs_L": self.pairs_L,
+            "theta_L": self.theta_L,
+            "pairs_R": self.pairs_R,
+            "theta_R": self.theta_R,
+            "scale": self.scale,
+            "rotation_param": self.rotation_param,
+        }
+
+    def dense(self) -> torch.Tensor:
+        n, m = self.spec.out_features, self.spec.in_features
+        ref = lambda ps: dense_core(self.spec.kind, ps, n, m, self.spec.block_size, self.spec.scale)  # noqa: E731
+        return adapted_weight(
+            self.weight,
+            ref(self.params),
+            ref(self.offset) if self.offset is not None else None,
+            dense_rotation(self.pairs_L, self.theta_L, n, self.rotation_param),
+            dense_rotation(self.pairs_R, self.theta_R, m, self.rotation_param),
+            self.scale,
+        )
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.double() @ self.dense().T
+        return out + self.bias.double() if self.bias is not None else out
+
+
+def make_case(
+    kind: str,
+    n: int,
+    m: int,
+    *,
+    seed: int,
+    a_L: int | None = None,
+    a_R: int | None = None,
+    dtype: torch.dtype = torch.float64,
+    with_offset: bool = True,
+    with_scale: bool = True,
+    with_bias: bool = True,
+    block_size: int = 3,
+    rank: int = 2,
+    rotation_param: str = "cayley",
+) -> Case:
+    gen = torch.Generator().manual_seed(seed)
+    spec = CoreSpec(kind, n, m, block_size=block_size, rank=rank, alpha=3.0)
+    rand = lambda *shape: torch.randn(*shape, generator=gen, dtype=dtype)  # noqa: E731
+    a_L = n // 2 if a_L is None else a_L
+    a_R = m // 2 if a_R is None else a_R
+    return Case(
+        spec=spec,
+        params=tuple(rand(*s) for s in core_param_shapes(spec)),
+        offset=tuple(rand(*s) for s in core_param_shapes(spec)) if with_offset else None,
+        pairs_L=torch.randperm(n, generator=gen)[: 2 * a_L].view(a_L, 2),
+        theta_L=rand(a_L),
+        pairs_R=torch.randperm(m, generator=gen)[: 2 * a_R].view(a_R, 2),
+        theta_R=rand(a_R),
+        weight=rand(n, m),
+        bias=rand(n) if with_bias else None,
+        scale=(torch.rand(n, generator=gen, dtype=dtype) + 0.5) if with_scale else None,
+        rotation_param=rotation_param,
+    )
+
+
+@given(
+    kind=st.sampled_from(["diag", "block", "lowrank"]),
+    n=st.integers(1, 13),
+    m=st.integers(1, 13),
+    seed=st.integers(0, 2**31),
+    layout=st.sampled_from(["linear", "conv1d"]),
+    with_offset=st.booleans(),
+    with_scale=st.booleans(),
+    with_bias=st.booleans(),
+    rotation_param=st.sampled_from(["cayley", "angle"]),
+    lead=st.lists(st.integers(1, 3), min_size=1, max_size=2),
+    data=st.data(),
+)
+def test_matches_dense_reference(kind, n, m, seed, layout, with_offset, with_scale, with_bias, rotation_param, lead, data):
+    a_L = data.draw(st.integers(0, n // 2))
+    a_R = data.draw(st.integers(0, m // 2))
+    case = make_case(
+        kind, n, m, seed=seed, a_L=a_L, a_R=a_R, with_offset=with_offset, with_scale=with_scale,
+        with_bias=with_bias, rotation_param=rotation_param, block_size=data.draw(st.integers(1, 4)),
+    )
+    x = torch.randn(*lead, m, dtype=torch.float64)
+    weight = case.weight if layout == "linear" else case.weight.T.contiguous()
+    out = jora_linear(x, weight, case.bias, weight_layout=layout, **case.kwargs())
+    assert out.shape == (*lead, n)
+    assert rel_error(out, case.reference(x)) < 1e-12
+    delta = jora_delta(x, **{k: v for k, v in case.kwargs().items() if k != "scale"})
+    expected_delta = x.double() @ (case.dense() / (case.scale[:, None] if with_scale else 1) - case.weight).T
+    assert rel_error(delta, expected_delta) < 1e-10
+
+
+@pytest.mark.parametrize("kind", ["diag", "block", "lowrank"])
+@pytest.mark.parametrize(("n", "m"), [(7, 5), (4, 9), (6, 6)])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_gradcheck_all_inputs(kind: str, n: int, m: int, layout: str) -> None:
+    case = make_case(kind, n, m, seed=n * 100 + m)
+    x = torch.randn(2, 3, m, dtype=torch.float64, requires_grad=True)
+    weight = case.weight if layout == "linear" else case.weight.T.contiguous()
+    leaves = [x, case.bias, case.theta_L, case.theta_R, case.scale, *case.params]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+
+    def fn(x, bias, theta_L, theta_R, scale, *params):
+        kwargs = case.kwargs() | {"theta_L": theta_L, "theta_R": theta_R, "scale": scale, "core_params": params}
+        return jora_linear(x, weight, bias, weight_layout=layout, **kwargs)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves))
+
+
+def test_gradcheck_through_base_output_and_no_weight_gradient() -> None:
+    case = make_case("diag", 6, 5, seed=1)
+    weight = case.weight.clone().requires_grad_(True)
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    base = (x @ case.weight.T).detach().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, h: jora_linear(x, None, base_output=h, **case.kwargs()), (x, base))
+    jora_linear(x, weight, None, **case.kwargs()).sum().backward()
+    assert weight.grad is None
+
+
+def test_chaining_two_adapters_composes_like_sequential_merging() -> None:
+    first = make_case("diag", 6, 8, seed=2)
+    second = make_case("lowrank", 6, 8, seed=3)
+    x = torch.randn(5, 8, dtype=torch.float64)
+    hidden = jora_linear(x, first.weight, None, **first.kwargs())
+    out = jora_linear(x, None, second.bias, base_output=hidden, **second.kwargs())
+    # h = s1 ⊙ (Wx + ΔW1 x); y = s2 ⊙ (h + ΔW2 x) + b2  ⇔  W' = diag(s2)(diag(s1)(W + ΔW1) + ΔW2)
+    merged1 = first.dense()
+    second.weight = merged1
+    assert rel_error(out, second.reference(x)) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["diag", "block", "lowrank"])
+def test_bf16_matches_fp32_reference(kind: str) -> None:
+    case = make_case(kind, 48, 40, seed=4, dtype=torch.float32)
+    x = torch.randn(64, 40)
+    out = jora_linear(x.bfloat16(), case.weight.bfloat16(), case.bias.bfloat16(), **case.kwargs())
+    assert out.dtype == torch.bfloat16
+    assert rel_error(out, case.reference(x)) < 1e-2
+
+
+def test_statistics_once_per_backward_also_under_checkpointing() -> None:
+    case = make_case("diag", 6, 5, seed=5, dtype=torch.float32)
+    x = torch.randn(3, 4, 5)
+    grad = torch.randn(3, 4, 6)
+    calls: list[int] = []
+    expected_in = x.square().reshape(-1, 5).mean(0)
+    expected_out = grad.square().reshape(-1, 6).mean(0)
+    for mode in ("plain", "reentrant", "non_reentrant"):
+        stats_in, stats_out = torch.zeros(5), torch.zeros(6)
+        calls.clear()
+        xr = x.clone().requires_grad_(True)
+
+        def run(inp, stats_in=stats_in, stats_out=stats_out):
+            return jora_linear(
+                inp, case.weight, case.bias, stats_in=stats_in, stats_out=stats_out,
+                on_backward=lambda: calls.append(1), **case.kwargs(),
+            )
+
+        if mode == "plain":
+            out = run(xr)
+        else:
+            out = checkpoint(run, xr, use_reentrant=mode == "reentrant")
+        assert stats_in.abs().sum() == 0  # nothing in forward
+        out.backward(grad)
+        torch.testing.assert_close(stats_in, expected_in)
+        torch.testing.assert_close(stats_out, expected_out)
+        assert len(calls) == 1, mode
+
+
+def test_no_statistics_without_buffers_and_in_no_grad() -> None:
+    case = make_case("diag", 6, 5, seed=6, dtype=torch.float32)
+    stats_in = torch.zeros(5)
+    with torch.no_grad():
+        jora_linear(torch.randn(2, 5), case.weight, None, stats_in=stats_in, **case.kwargs())
+    assert stats_in.abs().sum() == 0
+
+
+def test_bad_arguments_raise_named_errors() -> None:
+    case = make_case("diag", 6, 5, seed=7, dtype=torch.float32)
+    x = torch.randn(2, 5)
+    kw = case.kwargs()
+    with pytest.raises(ValueError, match="exactly one of weight and base_output"):
+        jora_linear(x, None, **kw)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        jora_linear(x, case.weight.T, **kw)
+    with pytest.raises(ValueError, match="weight_layout"):
+        jora_linear(x, case.weight, weight_layout="conv2d", **kw)
+    with pytest.raises(ValueError, match="x must have 5 features"):
+        jora_linear(torch.randn(2, 4), case.weight, **kw)
+    with pytest.raises(ValueError, match="scale"):
+        jora_linear(x, case.weight, **(kw | {"scale": torch.ones(3)}))
+    with pytest.raises(TypeError, match="stats_in"):
+        jora_linear(x, case.weight, stats_in=torch.zeros(5, dtype=torch.float64), **kw)
+    with pytest.raises(ValueError, match="theta_R"):
+        jora_linear(x, case.weight, **(kw | {"theta_R": torch.zeros(7)}))
+    with pytest.raises(ValueError, match="pairs_L and theta_L"):
+        jora_linear(x, case.weight, **(kw | {"theta_L": None}))
+    with pytest.raises(ValueError, match="diag core parameters"):
+        jora_linear(x, case.weight, **(kw | {"core_params": (torch.zeros(4),)}))
+    with pytest.raises(ValueError, match="core must be one of"):
+        CoreSpec("dense", 4, 4)
