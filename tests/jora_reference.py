@@ -99,3 +99,38 @@ def rel_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     num = float(torch.linalg.vector_norm(a - e))
     den = float(torch.linalg.vector_norm(e))
     return num / den if den > 0 else num
+
+
+def adapter_dense_weight(adapter, weight: torch.Tensor) -> torch.Tensor:
+    """``diag(s)(W + ΔW)`` ``[n, m]`` in float64 from a ``JoraAdapter``'s state (read-only, independent math).
+
+    ``weight`` is the base weight in the adapter's layout.
+    """
+    s = adapter.settings
+    n, m = adapter.out_features, adapter.in_features
+    weight_nm = weight if adapter.layout == "linear" else weight.T
+    pairs_L = adapter.pairs_L[adapter.pairs_L[:, 0] >= 0]
+    pairs_R = adapter.pairs_R[adapter.pairs_R[:, 0] >= 0]
+    theta_L = adapter.theta_L[: pairs_L.shape[0]]
+    theta_R = adapter.theta_R[: pairs_R.shape[0]]
+    spec = adapter.core.spec
+    params = tuple(p.detach() for p in adapter.core.params())
+    core = dense_core(spec.kind, params, n, m, spec.block_size, spec.scale)
+    offset_params = adapter.core.offset()
+    offset = dense_core(spec.kind, offset_params, n, m, spec.block_size, spec.scale) if offset_params else None
+    nu = weight_nm.double().norm(dim=1)
+    temperature = float(adapter.temperature)
+    if s.magnitude == "oer_softmax":
+        scale = oer_scale(nu, adapter.mag_logits.detach(), temperature, s.eps)
+    elif s.magnitude == "ecd_tanh":
+        scale = ecd_scale(nu, adapter.mag_logits.detach(), s.ecd_alpha, temperature, s.eps)
+    else:
+        scale = None
+    return adapted_weight(
+        weight_nm,
+        core,
+        offset,
+        dense_rotation(pairs_L, theta_L, n, s.rotation_param),
+        dense_rotation(pairs_R, theta_R, m, s.rotation_param),
+        scale,
+    )

@@ -1,0 +1,294 @@
+"""The per-adapter JORA module (JORA.md §4–§8: invariants 1, 3, 4, 5, 6, 9)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from jora_core import JoraAdapter, JoraLinear, JoraSettings
+from jora_reference import adapter_dense_weight, rel_error
+from layer_factory import make_layer
+from torch.utils.checkpoint import checkpoint
+
+KNOBS = st.fixed_dictionaries(
+    {
+        "S_L": st.integers(0, 6),
+        "S_R": st.integers(0, 6),
+        "k": st.integers(1, 4),
+        "core": st.sampled_from(["diag", "block", "lowrank"]),
+        "block_size": st.integers(1, 4),
+        "lowrank_r": st.integers(1, 3),
+        "zero_init_core": st.booleans(),
+        "magnitude": st.sampled_from(["oer_softmax", "ecd_tanh", "none"]),
+        "rotation_param": st.sampled_from(["cayley", "angle"]),
+        "selection": st.sampled_from(["topk_ema", "random", "none"]),
+        "pairing_strategy": st.sampled_from(["consecutive", "high_low"]),
+        "oer_temperature": st.floats(0.1, 5),
+        "ecd_temperature": st.floats(0.1, 5),
+        "ecd_alpha": st.floats(0, 0.9),
+    }
+)
+
+
+def randomize(adapter: JoraAdapter, seed: int = 0) -> None:
+    """Random θ, core and logits on top of the adapter's current pairs."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+
+def adapt(layer_kind: str, n_in: int, n_out: int, dtype=torch.float32, **knobs) -> tuple[torch.nn.Module, JoraLinear]:
+    base = make_layer(layer_kind, n_in, n_out, dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # S clamping on tiny layers
+        return base, JoraLinear(base, seed=123, **knobs)
+
+
+@given(
+    knobs=KNOBS,
+    layer_kind=st.sampled_from(["linear", "conv1d"]),
+    shape=st.sampled_from([(8, 8), (6, 10), (11, 5)]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+)
+def test_identity_at_init(knobs, layer_kind, shape, dtype) -> None:
+    base, layer = adapt(layer_kind, *shape, dtype=dtype, **knobs)
+    adapter = layer.adapter
+    assert all(p.dtype == torch.float32 for p in adapter.parameters())
+    x = torch.randn(4, 3, shape[0], dtype=dtype)
+    expected = base(x)
+    out = layer(x)
+    assert out.dtype == dtype
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    assert rel_error(out, expected) < tol
+    assert adapter.compute_delta(x).abs().max() == 0
+    torch.testing.assert_close(adapter.scale(), torch.ones(shape[1]))
+
+
+@given(
+    knobs=KNOBS,
+    layer_kind=st.sampled_from(["linear", "conv1d"]),
+    shape=st.sampled_from([(8, 8), (6, 10), (11, 5)]),
+    seed=st.integers(0, 1000),
+)
+def test_forward_matches_dense_reference_and_merge(knobs, layer_kind, shape, seed) -> None:
+    base, layer = adapt(layer_kind, *shape, **knobs)
+    adapter = layer.adapter
+    adapter.init_random_pairs()
+    randomize(adapter, seed)
+    x = torch.randn(5, shape[0])
+    reference = x.double() @ adapter_dense_weight(adapter, base.weight.detach()).T + base.bias.double()
+    out = layer(x)
+    assert rel_error(out, reference) < 1e-5
+    # delta_weight is the exact dense ΔW in the base layout; merge reproduces the forward
+    delta = adapter.delta_weight()
+    assert delta.shape == base.weight.shape
+    delta_nm = delta if layer_kind == "linear" else delta.T
+    assert rel_error(x @ delta_nm.T, adapter.compute_delta(x)) < 1e-5
+    original = base.weight.detach().clone()
+    layer.merge()
+    assert rel_error(base(x), out) < 1e-5
+    layer.unmerge()
+    assert rel_error(base.weight, original) < 1e-5
+
+
+def test_selection_rounds_fill_exactly_S_disjoint_pairs_then_freeze() -> None:
+    _, layer = adapt("linear", 16, 12, S_L=5, S_R=7, k=2, core="diag", zero_init_core=False)
+    adapter = layer.adapter
+    opt = torch.optim.SGD([p for p in layer.parameters() if p.requires_grad], lr=0.05)
+    history = []
+    for _ in range(6):
+        layer(torch.randn(8, 16)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+        history.append((adapter.active_count("L"), adapter.active_count("R")))
+    assert history[:4] == [(2, 2), (4, 4), (5, 6), (5, 7)]
+    for side, slots, dim in (("L", 5, 12), ("R", 7, 16)):
+        pairs = getattr(adapter, f"pairs_{side}")
+        assert (pairs >= 0).all() and (pairs < dim).all()
+        assert pairs.flatten().unique().numel() == 2 * slots
+        assert adapter.is_frozen(side)
+    assert adapter.current_step == 6 and int(adapter.step) == 6
+    # frozen sides collect nothing more
+    ema_before = adapter.ema_L.clone(), adapter.ema_R.clone()
+    layer(torch.randn(8, 16)).sum().backward()
+    torch.testing.assert_close(adapter.ema_L, ema_before[0])
+    torch.testing.assert_close(adapter.ema_R, ema_before[1])
+
+
+def test_topk_selection_picks_the_high_energy_input_coordinates() -> None:
+    _, layer = adapt("linear", 12, 8, S_L=0, S_R=2, k=2, magnitude="none")
+    x = torch.randn(64, 12) * 0.01
+    x[:, [3, 7, 9, 10]] *= 1000
+    layer(x).sum().backward()
+    assert sorted(layer.adapter.pairs_R.flatten().tolist()) == [3, 7, 9, 10]
+
+
+def test_a_selection_round_never_changes_the_function() -> None:
+    _, layer = adapt("conv1d", 10, 14, S_L=6, S_R=4, k=2, core="block", block_size=3, magnitude="ecd_tanh")
+    adapter = layer.adapter
+    randomize(adapter, 3)
+    x = torch.randn(6, 10)
+    with torch.no_grad():
+        adapter.ema_L.copy_(torch.rand(14))
+        adapter.ema_R.copy_(torch.rand(10))
+    for _ in range(4):
+        before = layer(x).detach()
+        adapter.update_step()
+        after = layer(x).detach()
+        torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert adapter.is_frozen("L") and adapter.is_frozen("R")
+
+
+def test_output_statistic_nonzero_after_one_backward_and_step_per_backward() -> None:
+    _, layer = adapt("linear", 9, 7, S_L=3, S_R=3, k=1, update_interval=100)
+    adapter = layer.adapter
+    layer(torch.randn(4, 9)).pow(2).sum().backward()
+    assert adapter.ema_L.abs().sum() > 0 and adapter.ema_R.abs().sum() > 0
+    assert adapter.current_step == 1
+    # gradient accumulation: each backward call is one step
+    for _ in range(3):
+        layer(torch.randn(4, 9)).sum().backward()
+    assert adapter.current_step == 4
+    # no step without a backward, none in eval/no_grad
+    layer(torch.randn(4, 9))
+    with torch.no_grad():
+        layer(torch.randn(4, 9))
+    assert adapter.current_step == 4
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_statistics_not_double_counted_under_checkpointing(use_reentrant: bool) -> None:
+    beta = 0.9
+    _, layer = adapt("linear", 9, 7, S_L=3, S_R=3, k=1, ema_beta=beta, update_interval=100)
+    x = torch.randn(5, 9, requires_grad=True)
+    grad = torch.randn(5, 7)
+    checkpoint(layer, x, use_reentrant=use_reentrant).backward(grad)
+    adapter = layer.adapter
+    torch.testing.assert_close(adapter.ema_R, (1 - beta) * x.detach().square().mean(0))
+    torch.testing.assert_close(adapter.ema_L, (1 - beta) * grad.square().mean(0))
+    assert adapter.current_step == 1
+
+
+def test_ema_update_interval_skips_steps() -> None:
+    _, layer = adapt("linear", 9, 7, S_L=3, S_R=3, k=1, ema_update_interval=2, update_interval=100)
+    adapter = layer.adapter
+    layer(torch.randn(4, 9)).sum().backward()  # step 0: collected
+    after_first = adapter.ema_R.clone()
+    layer(torch.randn(4, 9)).sum().backward()  # step 1: skipped
+    torch.testing.assert_close(adapter.ema_R, after_first)
+    layer(torch.randn(4, 9)).sum().backward()  # step 2: collected
+    assert not torch.equal(adapter.ema_R, after_first)
+
+
+def test_warmup_grows_the_allowance() -> None:
+    _, layer = adapt("linear", 32, 32, S_L=8, S_R=8, k=8, warmup_steps=4)
+    counts = []
+    for _ in range(5):
+        layer(torch.randn(4, 32)).sum().backward()
+        counts.append(layer.adapter.active_count("R"))
+    assert counts == [2, 4, 6, 8, 8]
+
+
+def test_temperature_annealing_moves_T_without_changing_the_function_at_zero_logits() -> None:
+    base, layer = adapt("linear", 8, 6, ecd_temp_annealing=True, ecd_temp_start=2.0, ecd_temp_end=0.5)
+    adapter = layer.adapter
+    adapter.set_total_steps(4)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        adapter.core.diag.add_(0.3)  # non-zero delta, zero logits
+    before = layer(x).detach()
+    temperatures = []
+    for _ in range(4):
+        layer(x).sum().backward()
+        temperatures.append(float(adapter.temperature))
+    assert temperatures == pytest.approx([1.625, 1.25, 0.875, 0.5])
+    with torch.no_grad():
+        adapter.theta_L.zero_()
+        adapter.theta_R.zero_()
+        adapter.core.diag.copy_(adapter.core.diag_init + 0.3)
+    torch.testing.assert_close(layer(x), before)
+
+
+@pytest.mark.parametrize("selection", ["topk_ema", "random"])
+def test_state_dict_round_trip_restores_outputs_and_later_selection(selection: str) -> None:
+    knobs = {"S_L": 6, "S_R": 6, "k": 2, "selection": selection, "use_gumbel": True, "warmup_ratio": 0.5}
+    torch.manual_seed(0)
+    _, layer = adapt("linear", 16, 16, **knobs)
+    layer.adapter.set_total_steps(12)
+    batches = [torch.randn(4, 16) for _ in range(8)]
+    for batch in batches[:3]:
+        layer(batch).pow(2).sum().backward()
+    buffer = io.BytesIO()
+    torch.save(layer.state_dict(), buffer)
+
+    _, restored = adapt("linear", 16, 16, **knobs)
+    buffer.seek(0)
+    restored.load_state_dict(torch.load(buffer))
+    restored.base_layer.load_state_dict(layer.base_layer.state_dict())
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(restored(x), layer(x))
+    assert restored.adapter.current_step == 3
+    for batch in batches[3:]:
+        layer(batch).pow(2).sum().backward()
+        restored(batch).pow(2).sum().backward()
+    assert torch.equal(restored.adapter.pairs_L, layer.adapter.pairs_L)
+    assert torch.equal(restored.adapter.pairs_R, layer.adapter.pairs_R)
+    assert layer.adapter.is_frozen("R")
+
+
+def test_slots_are_clamped_with_a_warning_naming_the_layer() -> None:
+    with pytest.warns(UserWarning, match=r"'blocks.0.q': S_R=9 exceeds ⌊6/2⌋ = 3"):
+        adapter = JoraAdapter(torch.randn(10, 6), "linear", JoraSettings(S_L=2, S_R=9), name="blocks.0.q")
+    assert adapter.S_R == 3 and adapter.theta_R.shape == (3,)
+
+
+def test_selection_none_fixes_random_pairs_at_creation() -> None:
+    _, layer = adapt("linear", 12, 10, S_L=3, S_R=4, selection="none")
+    adapter = layer.adapter
+    assert adapter.is_frozen("L") and adapter.is_frozen("R")
+    pairs = adapter.pairs_R.clone()
+    layer(torch.randn(2, 12)).sum().backward()
+    assert torch.equal(adapter.pairs_R, pairs) and adapter.ema_R.abs().sum() == 0
+    again = JoraAdapter(layer.base_layer.weight, "linear", adapter.settings, seed=123)
+    assert torch.equal(again.pairs_R, pairs)  # per-layer seed
+
+
+def test_state_summary() -> None:
+    _, layer = adapt("linear", 12, 10, S_L=3, S_R=4, k=2)
+    layer(torch.randn(2, 12)).sum().backward()
+    state = layer.adapter.state_summary()
+    assert state["pairs_L"].shape == (2, 2) and state["theta_R"].shape == (2,)
+    assert state["frozen_L"] is False and state["step"] == 1
+    assert state["scale"].shape == (10,)
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [
+        ("S_L", -1), ("k", -2), ("core", "dense"), ("magnitude", "softmax"), ("selection", "greedy"),
+        ("rotation_param", "euler"), ("rotation_impl", "cuda"), ("ecd_alpha", 1.0), ("ema_beta", 1.0),
+        ("oer_temperature", 0.0), ("ecd_temperature", -1.0), ("warmup_ratio", 2.0), ("update_interval", 0),
+        ("ema_update_interval", 0), ("pairing_strategy", "zigzag"), ("block_size", 0), ("lowrank_r", 0),
+        ("gumbel_tau", 0.0), ("eps", 0.0), ("lowrank_alpha", -1.0), ("warmup_steps", -1),
+    ],
+)
+def test_bad_knobs_raise_value_error_naming_the_knob(knob: str, value) -> None:
+    with pytest.raises(ValueError, match=knob):
+        JoraSettings(**{knob: value})
+
+
+def test_k_zero_needs_selection_none() -> None:
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        JoraSettings(k=0)
+    JoraSettings(k=0, selection="none")
+
+
+def test_bad_init_random_pairs_argument() -> None:
+    _, layer = adapt("linear", 12, 10, S_L=3, S_R=4)
+    with pytest.raises(ValueError, match="n_pairs_L"):
+        layer.adapter.init_random_pairs(n_pairs_L=4)
