@@ -275,9 +275,13 @@ class JoraAdapter(nn.Module):
             **self._side_args(),
         )
 
-    def delta_weight(self) -> torch.Tensor:
-        """The exact dense ``ΔW`` (fp32) in the base weight's layout (``[n, m]`` or ``[m, n]`` for Conv1D)."""
-        eye = torch.eye(self.in_features, device=self.row_norms.device)
+    def delta_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The exact dense ``ΔW`` in the base weight's layout (``[n, m]`` or ``[m, n]`` for Conv1D).
+
+        Computed in ``dtype`` promoted to at least fp32 (fp64 for an fp64 base).
+        """
+        compute_dtype = torch.promote_types(dtype, torch.float32)
+        eye = torch.eye(self.in_features, device=self.row_norms.device, dtype=compute_dtype)
         with torch.no_grad():
             delta_t = self.compute_delta(eye)  # row j = (ΔW e_j)ᵀ, i.e. ΔWᵀ
         return delta_t.T.contiguous() if self.layout == "linear" else delta_t
@@ -288,12 +292,15 @@ class JoraAdapter(nn.Module):
 
     def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
         """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype (the bias is left alone)."""
-        merged = (weight.float() + self.delta_weight()) * self._row_scale_view()
+        compute_dtype = torch.promote_types(weight.dtype, torch.float32)
+        merged = (weight.to(compute_dtype) + self.delta_weight(compute_dtype)) * self._row_scale_view()
         return merged.to(weight.dtype)
 
     def unmerged_weight(self, merged: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`merged_weight`: ``diag(s)⁻¹ W' − ΔW``."""
-        return (merged.float() / self._row_scale_view() - self.delta_weight()).to(merged.dtype)
+        compute_dtype = torch.promote_types(merged.dtype, torch.float32)
+        restored = merged.to(compute_dtype) / self._row_scale_view() - self.delta_weight(compute_dtype)
+        return restored.to(merged.dtype)
 
     # ------------------------------------------------------------------ schedule
     def _on_backward(self, collected_L: bool, collected_R: bool) -> None:

@@ -80,7 +80,9 @@ def core_apply(spec: CoreSpec, params: tuple[torch.Tensor, ...], u: torch.Tensor
     """``u Cᵀ`` for ``u ∈ R^{..., m}`` → ``R^{..., n}`` without materialising C (differentiable)."""
     _check_params(spec, params)
     n, d = spec.out_features, spec.diag_len
-    u = u.to(torch.promote_types(u.dtype, params[0].dtype))  # bf16 activations meet fp32 parameters in fp32
+    compute_dtype = torch.promote_types(u.dtype, params[0].dtype)  # bf16 activations meet fp32 params in fp32
+    u = u.to(compute_dtype)
+    params = tuple(p.to(compute_dtype) for p in params)
     if spec.kind == "lowrank":
         a, b = params
         return (u @ b) @ (a * spec.scale).T

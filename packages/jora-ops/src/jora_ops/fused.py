@@ -173,7 +173,12 @@ class _JoraLinearFunction(torch.autograd.Function):
                 )
                 targets = [t for t, w in zip(inputs, wanted, strict=True) if w]
                 grads = iter(torch.autograd.grad(delta, targets, grad_hidden.to(delta.dtype), allow_unused=True))
-                leaf_grads = [next(grads) if w else None for w in wanted]
+                # an input the delta does not touch (e.g. angles of an empty side) gets an explicit zero
+                # gradient, so that no parameter is ever unused in a step (DDP needs no find_unused_parameters)
+                leaf_grads = [
+                    (g if (g := next(grads)) is not None else torch.zeros_like(t)) if w else None
+                    for t, w in zip(inputs, wanted, strict=True)
+                ]
         grad_x = leaf_grads[0]
         if needs[1] and weight is not None:
             weight_t = weight if static.weight_layout == "linear" else weight.T  # W as [n, m]

@@ -107,7 +107,9 @@ class JoraLayer(BaseTunerLayer):
         """What merging ``adapter_name`` adds to the current base weight: ``diag(s)(W + ΔW) − W``."""
         weight = self.get_base_layer().weight
         (adapter,) = self._selected(adapter_name)
-        return (adapter.merged_weight(weight.data.float()) - weight.data.float()).to(weight.dtype)
+        compute_dtype = torch.promote_types(weight.dtype, torch.float32)
+        current = weight.data.to(compute_dtype)
+        return (adapter.merged_weight(current) - current).to(weight.dtype)
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

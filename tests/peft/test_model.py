@@ -1,0 +1,199 @@
+"""Model-level behaviour on tiny Llama (GQA: rectangular k/v) and GPT-2 (Conv1D) built from configs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from jora_peft import JoraConfig, JoraLayer
+from model_factory import MODELS, token_batch, tiny_llama
+from peft import get_peft_model
+from torch import nn
+
+SMALL = {"S_L": 4, "S_R": 4, "k": 2}
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def random_model(arch: str, dtype=torch.float64, **knobs):
+    build, targets = MODELS[arch]
+    base = build(dtype=dtype)
+    reference = copy.deepcopy(base)
+    model = get_peft_model(base, JoraConfig(target_modules=targets, init_weights=False, **(SMALL | knobs)))
+    return reference, model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {},
+        {"core": "block", "block_size": 4, "magnitude": "ecd_tanh", "zero_init_core": True},
+        {"core": "lowrank", "lowrank_r": 3, "magnitude": "none", "rotation_param": "angle"},
+        {"selection": "random", "core": "lowrank", "zero_init_core": True},
+        {"selection": "none", "S_L": 40, "S_R": 40},
+    ],
+)
+@pytest.mark.filterwarnings("ignore:JORA layer .* exceeds:UserWarning")
+def test_identity_at_init(arch: str, knobs: dict) -> None:
+    build, targets = MODELS[arch]
+    base = build()
+    ids = token_batch()
+    expected = logits(base, ids)
+    model = get_peft_model(base, JoraConfig(target_modules=targets, **(SMALL | knobs)))
+    torch.testing.assert_close(logits(model, ids), expected, rtol=1e-5, atol=1e-5)
+    assert any(isinstance(m, JoraLayer) for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("core", ["diag", "block", "lowrank"])
+def test_merge_equals_forward_and_unmerge_restores(arch: str, core: str) -> None:
+    reference, model = random_model(arch, core=core, magnitude="oer_softmax")
+    ids = token_batch()
+    unmerged = logits(model, ids)
+    assert (unmerged - logits(reference, ids)).abs().max() > 1e-3  # the random init is not the identity
+    original = {k: v.clone() for k, v in model.state_dict().items() if "base_layer.weight" in k}
+    model.merge_adapter()
+    torch.testing.assert_close(logits(model, ids), unmerged, rtol=1e-10, atol=1e-10)
+    model.unmerge_adapter()
+    for key, value in original.items():
+        torch.testing.assert_close(model.state_dict()[key], value, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logits(model, ids), unmerged, rtol=1e-10, atol=1e-10)
+    merged_model = model.merge_and_unload()
+    assert not any(isinstance(m, JoraLayer) for m in merged_model.modules())
+    torch.testing.assert_close(logits(merged_model, ids), unmerged, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_get_delta_weight_and_safe_merge(arch: str) -> None:
+    _, model = random_model(arch)
+    layer = next(m for m in model.modules() if isinstance(m, JoraLayer))
+    weight = layer.get_base_layer().weight.detach().clone()
+    delta = layer.get_delta_weight("default")
+    layer.merge(safe_merge=True)
+    torch.testing.assert_close(layer.get_base_layer().weight, weight + delta)
+    layer.unmerge()
+    with torch.no_grad():
+        layer.jora_adapters["default"].core.params()[0].fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaNs detected in the merged weights. The adapter default seems to be broken"):
+        layer.merge(safe_merge=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_disable_and_unload_give_the_base_model(arch: str) -> None:
+    reference, model = random_model(arch)
+    ids = token_batch()
+    expected = logits(reference, ids)
+    with model.disable_adapter():
+        torch.testing.assert_close(logits(model, ids), expected, rtol=1e-12, atol=1e-12)
+    assert (logits(model, ids) - expected).abs().max() > 1e-3
+    model.base_model.disable_adapter_layers()
+    torch.testing.assert_close(logits(model, ids), expected, rtol=1e-12, atol=1e-12)
+    model.base_model.enable_adapter_layers()
+    unloaded = model.unload()
+    torch.testing.assert_close(logits(unloaded, ids), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_several_adapters_switch_compose_and_delete() -> None:
+    reference, model = random_model("llama")
+    _, targets = MODELS["llama"]
+    model.add_adapter("second", JoraConfig(target_modules=targets, init_weights=False, core="lowrank", seed=9, **SMALL))
+    ids = token_batch()
+    out_default = logits(model, ids)
+    model.set_adapter("second")
+    out_second = logits(model, ids)
+    assert (out_default - out_second).abs().max() > 1e-3
+    # several active adapters compose like sequential merging
+    model.base_model.set_adapter(["default", "second"])
+    both = logits(model, ids)
+    model.merge_adapter(["default", "second"])
+    torch.testing.assert_close(logits(model, ids), both, rtol=1e-10, atol=1e-10)
+    model.unmerge_adapter()
+    # delete
+    model.delete_adapter("second")
+    assert all("second" not in layer.jora_adapters for layer in model.modules() if isinstance(layer, JoraLayer))
+    model.set_adapter("default")
+    torch.testing.assert_close(logits(model, ids), out_default, rtol=1e-12, atol=1e-12)
+    assert reference is not None
+
+
+def test_only_adapter_parameters_change_after_an_optimizer_step() -> None:
+    base = tiny_llama()
+    model = get_peft_model(base, JoraConfig(target_modules=MODELS["llama"][1], modules_to_save=["lm_head"], **SMALL))
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    trainable = {k for k, v in model.named_parameters() if v.requires_grad}
+    assert trainable and all(("jora_" in k) or ("modules_to_save" in k) for k in trainable)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    ids = token_batch(4, 16)
+    model(ids, labels=ids).loss.backward()
+    optimizer.step()
+    changed = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert changed and changed <= trainable
+    assert any("modules_to_save" in k for k in changed)
+    assert any("mag_logits" in k for k in changed) and any(".diag" in k for k in changed)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_low_precision_base_with_fp32_adapter(arch: str, dtype: torch.dtype) -> None:
+    build, targets = MODELS[arch]
+    model = get_peft_model(build(dtype=dtype), JoraConfig(target_modules=targets, **SMALL))
+    adapter_params = [p for n, p in model.named_parameters() if "jora_" in n]
+    assert adapter_params and all(p.dtype == torch.float32 for p in adapter_params)
+    model.train()
+    ids = token_batch()
+    out = model(ids, labels=ids)
+    assert out.logits.dtype == dtype and torch.isfinite(out.logits).all()
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter_params if p.requires_grad)
+
+
+def test_inference_mode_freezes_everything() -> None:
+    model = get_peft_model(tiny_llama(), JoraConfig(target_modules=MODELS["llama"][1], inference_mode=True, **SMALL))
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_unsupported_target_is_named() -> None:
+    with pytest.raises(ValueError, match=r"'model.embed_tokens'.*Embedding.*supported types are torch.nn.Linear"):
+        get_peft_model(tiny_llama(), JoraConfig(target_modules=["embed_tokens"], **SMALL))
+
+
+def test_default_targets_from_architecture() -> None:
+    model = get_peft_model(tiny_llama(), JoraConfig(**SMALL))
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, JoraLayer)}
+    assert names == {"q_proj", "v_proj"}
+
+
+def test_jora_state_and_manual_selection_round() -> None:
+    model = get_peft_model(tiny_llama(), JoraConfig(target_modules=MODELS["llama"][1], S_L=4, S_R=6, k=3))
+    state = model.jora_state()
+    assert len(state) == 8
+    entry = state["model.layers.0.self_attn.k_proj"]
+    assert entry["pairs_L"].shape == (0, 2) and entry["step"] == 0 and not entry["frozen_R"]
+    model.jora_update_step()
+    entry = model.jora_state()["model.layers.0.self_attn.k_proj"]
+    assert entry["pairs_L"].shape == (3, 2) and entry["pairs_R"].shape == (3, 2)
+    assert entry["theta_R"].shape == (3,) and entry["scale"].shape == (16,)  # rectangular k_proj: n = 16
+    model.jora_update_step()
+    entry = model.jora_state()["model.layers.0.self_attn.k_proj"]
+    assert entry["frozen_L"] and entry["frozen_R"]
+    model.set_total_steps(100)
+    model.jora_update_temperature(10, 100)
+
+
+def test_jora_layer_methods_delegate_to_the_adapter() -> None:
+    model = get_peft_model(tiny_llama(), JoraConfig(target_modules=["q_proj"], init_weights=False, **SMALL))
+    layer = next(m for m in model.modules() if isinstance(m, JoraLayer))
+    x = torch.randn(3, 32)
+    adapter = layer.jora_adapters["default"]
+    torch.testing.assert_close(layer.compute_delta(x), adapter.compute_delta(x))
+    torch.testing.assert_close(layer.maybe_apply_magnitude(x), x * adapter.scale())
+    expected = layer.maybe_apply_magnitude(layer.get_base_layer()(x) + layer.compute_delta(x))
+    torch.testing.assert_close(layer(x), expected)
+    with pytest.raises(ValueError, match="adapter 'nope' not found"):
+        layer.update_step(adapter_name="nope")
