@@ -18,7 +18,7 @@ import torch
 
 CORE_KINDS: tuple[str, ...] = ("diag", "block", "lowrank")
 
-__all__ = ["CORE_KINDS", "CoreSpec", "core_apply", "core_dense", "core_param_shapes"]
+__all__ = ["CORE_KINDS", "CoreSpec", "check_core_params", "core_apply", "core_dense", "core_param_shapes"]
 
 
 @dataclass(frozen=True)
@@ -69,16 +69,17 @@ def core_param_shapes(spec: CoreSpec) -> tuple[tuple[int, ...], ...]:
     return ((spec.out_features, spec.rank), (spec.in_features, spec.rank))
 
 
-def _check_params(spec: CoreSpec, params: tuple[torch.Tensor, ...]) -> None:
+def check_core_params(spec: CoreSpec, params: tuple[torch.Tensor, ...], name: str = "core_params") -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``params`` have the shapes of ``spec``."""
     expected = core_param_shapes(spec)
     got = tuple(tuple(p.shape) for p in params)
     if got != expected:
-        raise ValueError(f"{spec.kind} core parameters must have shapes {expected}, got {got}")
+        raise ValueError(f"{name}: {spec.kind} core parameters must have shapes {expected}, got {got}")
 
 
 def core_apply(spec: CoreSpec, params: tuple[torch.Tensor, ...], u: torch.Tensor) -> torch.Tensor:
     """``u Cᵀ`` for ``u ∈ R^{..., m}`` → ``R^{..., n}`` without materialising C (differentiable)."""
-    _check_params(spec, params)
+    check_core_params(spec, params)
     n, d = spec.out_features, spec.diag_len
     compute_dtype = torch.promote_types(u.dtype, params[0].dtype)  # bf16 activations meet fp32 params in fp32
     u = u.to(compute_dtype)
@@ -102,7 +103,7 @@ def core_dense(
     spec: CoreSpec, params: tuple[torch.Tensor, ...], *, dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """The dense ``(n, m)`` matrix C (for merging and references)."""
-    _check_params(spec, params)
+    check_core_params(spec, params)
     dtype = dtype or params[0].dtype
     n, m, d = spec.out_features, spec.in_features, spec.diag_len
     if spec.kind == "lowrank":

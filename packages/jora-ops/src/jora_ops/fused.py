@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
+from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
 from jora_ops._dispatch import resolve_impl
-from jora_ops.cores import CoreSpec, core_apply
+from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
 
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
@@ -110,25 +111,35 @@ class _JoraLinearFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         params = core_tensors[: static.n_core_params]
         offset = core_tensors[static.n_core_params :] if static.has_offset else None
-        base = base_linear(x, weight, static.weight_layout) if weight is not None else base_output
-        assert base is not None
-        hidden = base.to(_compute_dtype(base)) + jora_delta(
-            x,
-            core=static.core,
-            core_params=params,
-            core_offset=offset,
-            pairs_R=static.pairs_R,
-            theta_R=theta_R,
-            pairs_L=static.pairs_L,
-            theta_L=theta_L,
-            rotation_param=static.rotation_param,
-        )
-        out = hidden * scale if scale is not None else hidden
-        if bias is not None:
-            out = out + bias
-        out = out.to(base.dtype)
+        ctx.use_fold = static.core.kind == "diag" and weight is not None
+        if ctx.use_fold:
+            assert weight is not None
+            out = diag_fold_forward(
+                x, weight, bias, static.weight_layout, scale, params[0], offset[0] if offset else None,
+                static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param,
+            )  # fmt: skip
+            base_dtype = out.dtype
+        else:
+            base = base_linear(x, weight, static.weight_layout) if weight is not None else base_output
+            assert base is not None
+            base_dtype = base.dtype
+            hidden = base.to(_compute_dtype(base)) + jora_delta(
+                x,
+                core=static.core,
+                core_params=params,
+                core_offset=offset,
+                pairs_R=static.pairs_R,
+                theta_R=theta_R,
+                pairs_L=static.pairs_L,
+                theta_L=theta_L,
+                rotation_param=static.rotation_param,
+            )
+            out = hidden * scale if scale is not None else hidden
+            if bias is not None:
+                out = out + bias
+            out = out.to(base_dtype)
         ctx.static = static
-        ctx.base_dtype = base.dtype
+        ctx.base_dtype = base_dtype
         ctx.save_for_backward(x, weight, bias, theta_R, theta_L, scale, out if scale is not None else None, *core_tensors)
         return out
 
@@ -142,6 +153,9 @@ class _JoraLinearFunction(torch.autograd.Function):
             static.stats_out.add_(_tokens(grad).square().mean(0))
         if static.stats_in is not None:
             static.stats_in.add_(_tokens(x).to(_compute_dtype(x)).square().mean(0))
+
+        if ctx.use_fold:
+            return _JoraLinearFunction._fold_backward(ctx, grad_out, x, weight, bias, theta_R, theta_L, scale, out, core_tensors)
 
         grad_scale = None
         grad_hidden = grad
@@ -205,6 +219,37 @@ class _JoraLinearFunction(torch.autograd.Function):
             *core_grads,
             *([None] * n_offset),
         )
+
+
+    @staticmethod
+    def _fold_backward(
+        ctx: Any,
+        grad_out: torch.Tensor,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        theta_R: torch.Tensor,
+        theta_L: torch.Tensor,
+        scale: torch.Tensor | None,
+        out: torch.Tensor | None,
+        core_tensors: list[torch.Tensor],
+    ) -> tuple[torch.Tensor | None, ...]:
+        static: _Static = ctx.static
+        needs = ctx.needs_input_grad
+        grads = diag_fold_backward(
+            grad_out, x, out, weight, bias, static.weight_layout, scale, core_tensors[0],
+            core_tensors[1] if static.has_offset else None, static.pairs_L, theta_L, static.pairs_R, theta_R,
+            static.rotation_param,
+            needs={"x": needs[1], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7], "diag": needs[8]},
+        )  # fmt: skip
+        grad_bias = _tokens(grad_out).sum(0).to(bias.dtype) if bias is not None and needs[3] else None
+        if static.on_backward is not None:
+            static.on_backward()
+        n_offset = len(core_tensors) - 1
+        return (
+            None, grads["x"], None, grad_bias, None, grads["theta_R"], grads["theta_L"], grads["scale"],
+            grads["diag"], *([None] * n_offset),
+        )  # fmt: skip
 
 
 def _check_side(
@@ -284,6 +329,9 @@ def jora_linear(
     for name, buf in (("stats_in", stats_in), ("stats_out", stats_out)):
         if buf is not None and buf.dtype != torch.float32:
             raise TypeError(f"{name} must be a float32 buffer, got {buf.dtype}")
+    check_core_params(core, core_params)
+    if core_offset is not None:
+        check_core_params(core, core_offset, "core_offset")
     pairs_R, theta_R = _check_side(pairs_R, theta_R, "R", x.device)
     pairs_L, theta_L = _check_side(pairs_L, theta_L, "L", x.device)
     if resolve_impl(impl, x) == "triton" and impl == "triton":
