@@ -66,7 +66,11 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("package", list(PACKAGES))
 def compat(session: nox.Session, package: str, torch: str) -> None:
     """Each package's tests over torch versions (and, for jora-peft, over peft/transformers pairs)."""
-    test_dir = {"jora-ops": ["tests/ops"], "jora-core": ["tests/core"], "jora-peft": ["tests/peft", "tests/integration"]}
+    test_dir = {
+        "jora-ops": ["tests/ops"],
+        "jora-core": ["tests/core"],
+        "jora-peft": ["tests/peft", "tests/integration"],
+    }
     base = [_torch(torch), TRITON, *TEST_TOOLS]
     if package != "jora-peft":
         _install(session, *base, *_packages(*list(PACKAGES)[: list(PACKAGES).index(package) + 1]))
@@ -128,4 +132,6 @@ def demo(session: nox.Session) -> None:
         f"transformers=={DEFAULT_TRANSFORMERS}",
         *_packages("jora-ops", "jora-core", "jora-peft"),
     )
-    session.run("python", "-m", "jora_peft.demo", *session.posargs, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)})
+    session.run(
+        "python", "-m", "jora_peft.demo", *session.posargs, env={"OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    )

@@ -17,7 +17,9 @@ def effective_angle(theta: float, rotation_param: str) -> float:
     return 2.0 * math.atan(theta / 2.0) if rotation_param == "cayley" else theta
 
 
-def dense_rotation(pairs: torch.Tensor, thetas: torch.Tensor, dim: int, rotation_param: str = "cayley") -> torch.Tensor:
+def dense_rotation(
+    pairs: torch.Tensor, thetas: torch.Tensor, dim: int, rotation_param: str = "cayley"
+) -> torch.Tensor:
     """R with ``(R v)_i = cos φ v_i + sin φ v_j``, ``(R v)_j = −sin φ v_i + cos φ v_j``; -1 rows skipped."""
     matrix = torch.eye(dim, dtype=F64)
     for (i, j), theta in zip(pairs.tolist(), thetas.detach().double().tolist(), strict=True):
@@ -33,7 +35,9 @@ def dense_rotation(pairs: torch.Tensor, thetas: torch.Tensor, dim: int, rotation
     return matrix
 
 
-def dense_core(kind: str, params: tuple[torch.Tensor, ...], n: int, m: int, block_size: int = 4, scale: float = 1.0) -> torch.Tensor:
+def dense_core(
+    kind: str, params: tuple[torch.Tensor, ...], n: int, m: int, block_size: int = 4, scale: float = 1.0
+) -> torch.Tensor:
     """The dense n×m core from its parameters, element by element."""
     d = min(n, m)
     core = torch.zeros(n, m, dtype=F64)
@@ -67,7 +71,9 @@ def oer_scale(nu: torch.Tensor, w: torch.Tensor, temperature: float, eps: float)
     return s
 
 
-def ecd_scale(nu: torch.Tensor, w: torch.Tensor, alpha: float, temperature: float, eps: float) -> torch.Tensor:
+def ecd_scale(
+    nu: torch.Tensor, w: torch.Tensor, alpha: float, temperature: float, eps: float
+) -> torch.Tensor:
     """``s_i = g_i·sqrt(E_inc / Σ (ν g)²)``, ``g = 1 + α tanh(w/T)``, on rows with ν > eps, 1 elsewhere."""
     nu, w = nu.double(), w.double()
     inc = nu > eps
@@ -117,7 +123,9 @@ def adapter_dense_weight(adapter, weight: torch.Tensor) -> torch.Tensor:
     params = tuple(p.detach() for p in adapter.core.params())
     core = dense_core(spec.kind, params, n, m, spec.block_size, spec.scale)
     offset_params = adapter.core.offset()
-    offset = dense_core(spec.kind, offset_params, n, m, spec.block_size, spec.scale) if offset_params else None
+    offset = (
+        dense_core(spec.kind, offset_params, n, m, spec.block_size, spec.scale) if offset_params else None
+    )
     nu = weight_nm.double().norm(dim=1)
     temperature = float(adapter.temperature)
     if s.magnitude == "oer_softmax":

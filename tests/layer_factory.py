@@ -19,7 +19,9 @@ class Conv1D(nn.Module):
         return x @ self.weight + self.bias
 
 
-def make_layer(kind: str, in_features: int, out_features: int, dtype: torch.dtype = torch.float32) -> nn.Module:
+def make_layer(
+    kind: str, in_features: int, out_features: int, dtype: torch.dtype = torch.float32
+) -> nn.Module:
     """A random ``nn.Linear`` or Conv1D base layer."""
     layer = nn.Linear(in_features, out_features) if kind == "linear" else Conv1D(out_features, in_features)
     return layer.to(dtype)

@@ -9,10 +9,11 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.checkpoint import checkpoint
+
 from jora_core import JoraAdapter, JoraLinear, JoraSettings
 from jora_reference import adapter_dense_weight, rel_error
 from layer_factory import make_layer
-from torch.utils.checkpoint import checkpoint
 
 KNOBS = st.fixed_dictionaries(
     {
@@ -42,7 +43,9 @@ def randomize(adapter: JoraAdapter, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
 
 
-def adapt(layer_kind: str, n_in: int, n_out: int, dtype=torch.float32, **knobs) -> tuple[torch.nn.Module, JoraLinear]:
+def adapt(
+    layer_kind: str, n_in: int, n_out: int, dtype=torch.float32, **knobs
+) -> tuple[torch.nn.Module, JoraLinear]:
     base = make_layer(layer_kind, n_in, n_out, dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # S clamping on tiny layers
@@ -195,7 +198,7 @@ def test_warmup_grows_the_allowance() -> None:
 
 
 def test_temperature_annealing_moves_T_without_changing_the_function_at_zero_logits() -> None:
-    base, layer = adapt("linear", 8, 6, ecd_temp_annealing=True, ecd_temp_start=2.0, ecd_temp_end=0.5)
+    _base, layer = adapt("linear", 8, 6, ecd_temp_annealing=True, ecd_temp_start=2.0, ecd_temp_end=0.5)
     adapter = layer.adapter
     adapter.set_total_steps(4)
     x = torch.randn(3, 8)
@@ -270,11 +273,27 @@ def test_state_summary() -> None:
 @pytest.mark.parametrize(
     ("knob", "value"),
     [
-        ("S_L", -1), ("k", -2), ("core", "dense"), ("magnitude", "softmax"), ("selection", "greedy"),
-        ("rotation_param", "euler"), ("rotation_impl", "cuda"), ("ecd_alpha", 1.0), ("ema_beta", 1.0),
-        ("oer_temperature", 0.0), ("ecd_temperature", -1.0), ("warmup_ratio", 2.0), ("update_interval", 0),
-        ("ema_update_interval", 0), ("pairing_strategy", "zigzag"), ("block_size", 0), ("lowrank_r", 0),
-        ("gumbel_tau", 0.0), ("eps", 0.0), ("lowrank_alpha", -1.0), ("warmup_steps", -1),
+        ("S_L", -1),
+        ("k", -2),
+        ("core", "dense"),
+        ("magnitude", "softmax"),
+        ("selection", "greedy"),
+        ("rotation_param", "euler"),
+        ("rotation_impl", "cuda"),
+        ("ecd_alpha", 1.0),
+        ("ema_beta", 1.0),
+        ("oer_temperature", 0.0),
+        ("ecd_temperature", -1.0),
+        ("warmup_ratio", 2.0),
+        ("update_interval", 0),
+        ("ema_update_interval", 0),
+        ("pairing_strategy", "zigzag"),
+        ("block_size", 0),
+        ("lowrank_r", 0),
+        ("gumbel_tau", 0.0),
+        ("eps", 0.0),
+        ("lowrank_alpha", -1.0),
+        ("warmup_steps", -1),
     ],
 )
 def test_bad_knobs_raise_value_error_naming_the_knob(knob: str, value) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from jora_core import BlockCore, DiagCore, LowRankCore, build_core, get_in_out_features, linear_forward
 from jora_reference import dense_core, rel_error
 from layer_factory import make_layer
@@ -22,7 +23,13 @@ from layer_factory import make_layer
 )
 def test_dense_apply_and_row_slices_agree(kind, n, m, block_size, rank, zero_init, init_weights) -> None:
     core = build_core(
-        kind, n, m, block_size=block_size, lowrank_r=rank, lowrank_alpha=2.0, zero_init=zero_init,
+        kind,
+        n,
+        m,
+        block_size=block_size,
+        lowrank_r=rank,
+        lowrank_alpha=2.0,
+        zero_init=zero_init,
         init_weights=init_weights,
     )
     with torch.no_grad():
@@ -48,7 +55,9 @@ def test_zero_init_cores() -> None:
     assert lowrank.offset() is None
 
 
-@pytest.mark.parametrize(("kind", "cls"), [("diag", DiagCore), ("block", BlockCore), ("lowrank", LowRankCore)])
+@pytest.mark.parametrize(
+    ("kind", "cls"), [("diag", DiagCore), ("block", BlockCore), ("lowrank", LowRankCore)]
+)
 def test_small_random_init_keeps_a_frozen_structured_copy(kind: str, cls: type) -> None:
     core = build_core(kind, 8, 6, lowrank_r=2)
     assert isinstance(core, cls)
@@ -92,7 +101,9 @@ def test_layer_helpers(layer_kind: str) -> None:
 
 
 def test_unsupported_layer_is_named() -> None:
-    with pytest.raises(TypeError, match=r"torch\.nn\.modules\.conv\.Conv2d.*supported types are torch\.nn\.Linear"):
+    with pytest.raises(
+        TypeError, match=r"torch\.nn\.modules\.conv\.Conv2d.*supported types are torch\.nn\.Linear"
+    ):
         get_in_out_features(torch.nn.Conv2d(2, 2, 1))
     with pytest.raises(TypeError, match="Embedding"):
         linear_forward(torch.nn.Embedding(3, 3), torch.zeros(1, dtype=torch.long))

@@ -29,15 +29,18 @@ def _worker(rank: int, port: int, out_dir: str, broadcast_buffers: bool) -> None
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
     try:
+        from torch.nn.parallel import DistributedDataParallel
+
         from jora_peft import JoraConfig
         from model_factory import MODELS, token_batch
         from peft import get_peft_model
-        from torch.nn.parallel import DistributedDataParallel
 
         build, targets = MODELS["llama"]
         config = JoraConfig(target_modules=targets, S_L=4, S_R=4, k=1, warmup_steps=4)
         model = get_peft_model(build(seed=3), config)
-        ddp = DistributedDataParallel(model, find_unused_parameters=False, broadcast_buffers=broadcast_buffers)
+        ddp = DistributedDataParallel(
+            model, find_unused_parameters=False, broadcast_buffers=broadcast_buffers
+        )
         optimizer = torch.optim.AdamW([p for p in ddp.parameters() if p.requires_grad], lr=1e-2)
         ddp.train()
         for step in range(STEPS):

@@ -34,7 +34,11 @@ def test_package_does_not_import_upper_layers(package: str, forbidden: list[str]
 
 def test_jora_peft_imports_the_lower_layers() -> None:
     result = subprocess.run(
-        [sys.executable, "-c", CHECK.format(package="jora_peft", forbidden=["jora_core", "jora_ops", "peft"])],
+        [
+            sys.executable,
+            "-c",
+            CHECK.format(package="jora_peft", forbidden=["jora_core", "jora_ops", "peft"]),
+        ],
         capture_output=True,
         text=True,
         check=True,

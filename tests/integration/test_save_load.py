@@ -11,12 +11,21 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from jora_peft import JoraConfig
 from model_factory import MODELS, token_batch
 from peft import get_peft_model
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
-KNOBS = {"S_L": 6, "S_R": 6, "k": 2, "warmup_steps": 6, "use_gumbel": True, "core": "block", "magnitude": "ecd_tanh"}
+KNOBS = {
+    "S_L": 6,
+    "S_R": 6,
+    "k": 2,
+    "warmup_steps": 6,
+    "use_gumbel": True,
+    "core": "block",
+    "magnitude": "ecd_tanh",
+}
 STEPS_BEFORE, STEPS_AFTER = 2, 4
 
 
@@ -30,7 +39,9 @@ def train_steps(model: torch.nn.Module, first: int, count: int) -> None:
         optimizer.zero_grad()
 
 
-def run_python(code: str, tmp_path: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_python(
+    code: str, tmp_path: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     script = tmp_path / "child.py"
     script.write_text(textwrap.dedent(code))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
@@ -70,7 +81,9 @@ def test_fresh_process_reload_gives_identical_outputs_and_selection(arch: str, t
     assert not all(s["frozen_L"] for s in model.jora_state().values()) or STEPS_BEFORE < 6
 
     out = tmp_path / "child.pt"
-    code = CHILD.format(here=str(Path(__file__).parent), arch=arch, adapter=str(tmp_path / "adapter"), out=str(out))
+    code = CHILD.format(
+        here=str(Path(__file__).parent), arch=arch, adapter=str(tmp_path / "adapter"), out=str(out)
+    )
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     child = torch.load(out)
@@ -89,7 +102,9 @@ def test_fresh_process_reload_gives_identical_outputs_and_selection(arch: str, t
 )
 def test_loading_without_import_says_import_jora_peft(tmp_path: Path) -> None:
     build, targets = MODELS["llama"]
-    get_peft_model(build(), JoraConfig(target_modules=targets, S_L=2, S_R=2, k=1)).save_pretrained(tmp_path / "ad")
+    get_peft_model(build(), JoraConfig(target_modules=targets, S_L=2, S_R=2, k=1)).save_pretrained(
+        tmp_path / "ad"
+    )
     code = f"""
     from peft import PeftConfig, PeftModel
     from model_factory import tiny_llama

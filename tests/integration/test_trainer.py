@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import Trainer, TrainingArguments
+
 from jora_peft import JoraConfig, JoraTrainerCallback, iter_jora_layers, selection_progress
 from model_factory import MODELS, token_batch
 from peft import get_peft_model
-from transformers import Trainer, TrainingArguments
 
 KNOBS = {"S_L": 4, "S_R": 4, "k": 1, "warmup_ratio": 0.5}
 

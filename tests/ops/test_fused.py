@@ -8,10 +8,11 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from torch.utils.checkpoint import checkpoint
+
 from jora_ops import CoreSpec, jora_delta, jora_linear
 from jora_ops.cores import core_param_shapes
 from jora_reference import adapted_weight, dense_core, dense_rotation, rel_error
-from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -107,12 +108,23 @@ def make_case(
     lead=st.lists(st.integers(1, 3), min_size=1, max_size=2),
     data=st.data(),
 )
-def test_matches_dense_reference(kind, n, m, seed, layout, with_offset, with_scale, with_bias, rotation_param, lead, data):
+def test_matches_dense_reference(
+    kind, n, m, seed, layout, with_offset, with_scale, with_bias, rotation_param, lead, data
+):
     a_L = data.draw(st.integers(0, n // 2))
     a_R = data.draw(st.integers(0, m // 2))
     case = make_case(
-        kind, n, m, seed=seed, a_L=a_L, a_R=a_R, with_offset=with_offset, with_scale=with_scale,
-        with_bias=with_bias, rotation_param=rotation_param, block_size=data.draw(st.integers(1, 4)),
+        kind,
+        n,
+        m,
+        seed=seed,
+        a_L=a_L,
+        a_R=a_R,
+        with_offset=with_offset,
+        with_scale=with_scale,
+        with_bias=with_bias,
+        rotation_param=rotation_param,
+        block_size=data.draw(st.integers(1, 4)),
     )
     x = torch.randn(*lead, m, dtype=torch.float64)
     weight = case.weight if layout == "linear" else case.weight.T.contiguous()
@@ -136,7 +148,12 @@ def test_gradcheck_all_inputs(kind: str, n: int, m: int, layout: str) -> None:
         leaf.requires_grad_(True)
 
     def fn(x, bias, theta_L, theta_R, scale, *params):
-        kwargs = case.kwargs() | {"theta_L": theta_L, "theta_R": theta_R, "scale": scale, "core_params": params}
+        kwargs = case.kwargs() | {
+            "theta_L": theta_L,
+            "theta_R": theta_R,
+            "scale": scale,
+            "core_params": params,
+        }
         return jora_linear(x, weight, bias, weight_layout=layout, **kwargs)
 
     assert torch.autograd.gradcheck(fn, tuple(leaves))
@@ -147,7 +164,9 @@ def test_gradcheck_through_base_output_and_no_weight_gradient() -> None:
     weight = case.weight.clone().requires_grad_(True)
     x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
     base = (x @ case.weight.T).detach().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, h: jora_linear(x, None, base_output=h, **case.kwargs()), (x, base))
+    assert torch.autograd.gradcheck(
+        lambda x, h: jora_linear(x, None, base_output=h, **case.kwargs()), (x, base)
+    )
     jora_linear(x, weight, None, **case.kwargs()).sum().backward()
     assert weight.grad is None
 
@@ -187,14 +206,16 @@ def test_statistics_once_per_backward_also_under_checkpointing() -> None:
 
         def run(inp, stats_in=stats_in, stats_out=stats_out):
             return jora_linear(
-                inp, case.weight, case.bias, stats_in=stats_in, stats_out=stats_out,
-                on_backward=lambda: calls.append(1), **case.kwargs(),
+                inp,
+                case.weight,
+                case.bias,
+                stats_in=stats_in,
+                stats_out=stats_out,
+                on_backward=lambda: calls.append(1),
+                **case.kwargs(),
             )
 
-        if mode == "plain":
-            out = run(xr)
-        else:
-            out = checkpoint(run, xr, use_reentrant=mode == "reentrant")
+        out = run(xr) if mode == "plain" else checkpoint(run, xr, use_reentrant=mode == "reentrant")
         assert stats_in.abs().sum() == 0  # nothing in forward
         out.backward(grad)
         torch.testing.assert_close(stats_in, expected_in)

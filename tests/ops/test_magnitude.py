@@ -6,6 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from jora_ops import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
 from jora_reference import ecd_scale, oer_scale, rel_error
 
@@ -50,8 +51,12 @@ def test_zero_logits_are_identity_for_any_temperature(case, temperature: float) 
     nu, _ = case
     zeros = torch.zeros_like(nu)
     energy = (nu**2).sum()
-    torch.testing.assert_close(compute_oer_scale_softmax(nu, energy, zeros, temperature, EPS), torch.ones_like(nu))
-    torch.testing.assert_close(compute_ecd_scale(nu, energy, zeros, 0.7, temperature, EPS), torch.ones_like(nu))
+    torch.testing.assert_close(
+        compute_oer_scale_softmax(nu, energy, zeros, temperature, EPS), torch.ones_like(nu)
+    )
+    torch.testing.assert_close(
+        compute_ecd_scale(nu, energy, zeros, 0.7, temperature, EPS), torch.ones_like(nu)
+    )
 
 
 def test_scales_are_differentiable_in_the_logits() -> None:

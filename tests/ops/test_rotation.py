@@ -8,8 +8,15 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from jora_ops import apply_rotations, cayley_cos_sin, rotation_cos_sin, rotation_matrix, validate_pairs
-from jora_ops import _dispatch
+
+from jora_ops import (
+    _dispatch,
+    apply_rotations,
+    cayley_cos_sin,
+    rotation_cos_sin,
+    rotation_matrix,
+    validate_pairs,
+)
 from jora_reference import dense_rotation, rel_error
 
 
@@ -29,7 +36,10 @@ def rotation_case(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, tuple[in
     lead = tuple(draw(st.lists(st.integers(1, 4), min_size=0, max_size=2)))
     seed = draw(st.integers(0, 2**31))
     pairs = random_pairs(dim, n_active, n_empty, seed)
-    thetas = torch.randn(pairs.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1)) * 2
+    thetas = (
+        torch.randn(pairs.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(seed + 1))
+        * 2
+    )
     return pairs, thetas, lead, dim
 
 
@@ -58,7 +68,9 @@ def test_apply_rotations_matches_dense_reference(case, transpose: bool, rotation
     assert rel_error(out, expected) < 1e-12
     # orthogonality: the norm along the rotated dimension is preserved, and Rᵀ undoes R
     torch.testing.assert_close(out.norm(dim=-1), x.norm(dim=-1))
-    back = apply_rotations(out, pairs, thetas, rotation_param=rotation_param, impl="torch", transpose=not transpose)
+    back = apply_rotations(
+        out, pairs, thetas, rotation_param=rotation_param, impl="torch", transpose=not transpose
+    )
     torch.testing.assert_close(back, x)
 
 
@@ -83,7 +95,9 @@ def test_apply_rotations_gradcheck(rotation_param: str, transpose: bool) -> None
     x = torch.randn(2, 3, 9, dtype=torch.float64, requires_grad=True)
 
     def fn(x: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
-        return apply_rotations(x, pairs, thetas, rotation_param=rotation_param, impl="torch", transpose=transpose)
+        return apply_rotations(
+            x, pairs, thetas, rotation_param=rotation_param, impl="torch", transpose=transpose
+        )
 
     assert torch.autograd.gradcheck(fn, (x, thetas))
 

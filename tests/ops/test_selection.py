@@ -8,6 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from jora_ops import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
 
 
@@ -68,7 +69,9 @@ def test_gumbel_selection_is_deterministic_per_generator() -> None:
 
 
 @given(dim=st.integers(0, 50), k=st.integers(0, 30), n_excluded=st.integers(0, 50), seed=st.integers(0, 1000))
-def test_random_pairs_are_disjoint_exact_and_reproducible(dim: int, k: int, n_excluded: int, seed: int) -> None:
+def test_random_pairs_are_disjoint_exact_and_reproducible(
+    dim: int, k: int, n_excluded: int, seed: int
+) -> None:
     exclude = torch.randperm(dim, generator=torch.Generator().manual_seed(seed))[: min(n_excluded, dim)]
     pairs = select_random_pairs(dim, k, generator=torch.Generator().manual_seed(seed), exclude=exclude)
     again = select_random_pairs(dim, k, generator=torch.Generator().manual_seed(seed), exclude=exclude)
@@ -87,7 +90,9 @@ def test_random_pairs_are_disjoint_exact_and_reproducible(dim: int, k: int, n_ex
     warmup_ratio=st.floats(0, 1),
     total=st.one_of(st.none(), st.integers(0, 1000)),
 )
-def test_allowed_pairs_formula(S: int, step: int, warmup_steps: int, warmup_ratio: float, total: int | None) -> None:
+def test_allowed_pairs_formula(
+    S: int, step: int, warmup_steps: int, warmup_ratio: float, total: int | None
+) -> None:
     allowed = compute_allowed_pairs(S, step, warmup_steps, warmup_ratio, total)
     ws = max(warmup_steps, math.floor(warmup_ratio * (total or 0)))
     expected = S if ws <= 0 or S == 0 else min(S, max(1, math.ceil(S * min(1.0, step / ws))))

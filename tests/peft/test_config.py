@@ -5,17 +5,30 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-import jora_peft
 import pytest
+from peft.utils import PeftType
+
+import jora_peft
 from jora_core import JoraSettings
 from jora_peft import JoraConfig
 from peft import PeftConfig
-from peft.utils import PeftType
 
 SEED_DEFAULTS = {
-    "S_L": 32, "S_R": 32, "k": 8, "rotation_param": "cayley", "rotation_impl": "auto", "selection": "topk_ema",
-    "ema_beta": 0.98, "warmup_steps": 0, "warmup_ratio": 0.0, "core": "diag", "zero_init_core": False,
-    "magnitude": "oer_softmax", "ecd_alpha": 0.5, "oer_temperature": 1.0, "inference_mode": False,
+    "S_L": 32,
+    "S_R": 32,
+    "k": 8,
+    "rotation_param": "cayley",
+    "rotation_impl": "auto",
+    "selection": "topk_ema",
+    "ema_beta": 0.98,
+    "warmup_steps": 0,
+    "warmup_ratio": 0.0,
+    "core": "diag",
+    "zero_init_core": False,
+    "magnitude": "oer_softmax",
+    "ecd_alpha": 0.5,
+    "oer_temperature": 1.0,
+    "inference_mode": False,
     "init_weights": True,
 }
 
@@ -37,12 +50,22 @@ def test_every_spec_knob_is_a_config_field() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "allowed"),
     [
-        ("core", "dense", "diag"), ("magnitude", "softmax", "oer_softmax"), ("selection", "greedy", "topk_ema"),
-        ("rotation_param", "euler", "cayley"), ("rotation_impl", "cuda", "auto"),
-        ("pairing_strategy", "zigzag", "high_low"), ("ecd_alpha", 1.0, r"\[0, 1\)"), ("S_L", -1, ">= 0"),
-        ("k", -1, ">= 0"), ("ema_beta", 1.5, r"\[0, 1\)"), ("oer_temperature", 0, "> 0"),
-        ("update_interval", 0, ">= 1"), ("block_size", 0, ">= 1"), ("lowrank_r", 0, ">= 1"),
-        ("warmup_ratio", -0.1, r"\[0, 1\]"), ("seed", "x", "int"),
+        ("core", "dense", "diag"),
+        ("magnitude", "softmax", "oer_softmax"),
+        ("selection", "greedy", "topk_ema"),
+        ("rotation_param", "euler", "cayley"),
+        ("rotation_impl", "cuda", "auto"),
+        ("pairing_strategy", "zigzag", "high_low"),
+        ("ecd_alpha", 1.0, r"\[0, 1\)"),
+        ("S_L", -1, ">= 0"),
+        ("k", -1, ">= 0"),
+        ("ema_beta", 1.5, r"\[0, 1\)"),
+        ("oer_temperature", 0, "> 0"),
+        ("update_interval", 0, ">= 1"),
+        ("block_size", 0, ">= 1"),
+        ("lowrank_r", 0, ">= 1"),
+        ("warmup_ratio", -0.1, r"\[0, 1\]"),
+        ("seed", "x", "int"),
     ],
 )
 def test_invalid_fields_are_named_with_allowed_values(field: str, value, allowed: str) -> None:
@@ -72,8 +95,18 @@ def test_legacy_flags_map_with_a_deprecation_warning(flag: str, value: bool, exp
 
 def test_json_round_trip(tmp_path) -> None:
     config = JoraConfig(
-        target_modules=["q_proj", "v_proj"], S_L=4, S_R=6, k=2, core="block", block_size=8, lowrank_alpha=3.0,
-        magnitude="ecd_tanh", ecd_temp_annealing=True, pairing_strategy="high_low", use_gumbel=True, seed=5,
+        target_modules=["q_proj", "v_proj"],
+        S_L=4,
+        S_R=6,
+        k=2,
+        core="block",
+        block_size=8,
+        lowrank_alpha=3.0,
+        magnitude="ecd_tanh",
+        ecd_temp_annealing=True,
+        pairing_strategy="high_low",
+        use_gumbel=True,
+        seed=5,
     )
     config.save_pretrained(tmp_path)
     loaded = PeftConfig.from_pretrained(tmp_path)
@@ -83,9 +116,10 @@ def test_json_round_trip(tmp_path) -> None:
 
 def test_registration_is_idempotent_and_exposed_through_peft() -> None:
     importlib.reload(jora_peft)
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
     from peft import JoraConfig as FromPeft
     from peft import JoraModel as ModelFromPeft
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
 
     assert FromPeft.__name__ == "JoraConfig" and ModelFromPeft.__name__ == "JoraModel"
     assert PEFT_TYPE_TO_CONFIG_MAPPING[PeftType.JORA].__name__ == "JoraConfig"

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
-from jora_peft import JoraConfig, JoraLayer
-from model_factory import MODELS, token_batch, tiny_llama
-from peft import get_peft_model
 from torch import nn
+
+from jora_peft import JoraConfig, JoraLayer
+from model_factory import MODELS, tiny_llama, token_batch
+from peft import get_peft_model
 
 SMALL = {"S_L": 4, "S_R": 4, "k": 2}
 
@@ -79,7 +80,9 @@ def test_get_delta_weight_and_safe_merge(arch: str) -> None:
     layer.unmerge()
     with torch.no_grad():
         layer.jora_adapters["default"].core.params()[0].fill_(float("nan"))
-    with pytest.raises(ValueError, match="NaNs detected in the merged weights. The adapter default seems to be broken"):
+    with pytest.raises(
+        ValueError, match=r"NaNs detected in the merged weights\. The adapter default seems to be broken"
+    ):
         layer.merge(safe_merge=True)
 
 
@@ -101,7 +104,9 @@ def test_disable_and_unload_give_the_base_model(arch: str) -> None:
 def test_several_adapters_switch_compose_and_delete() -> None:
     reference, model = random_model("llama")
     _, targets = MODELS["llama"]
-    model.add_adapter("second", JoraConfig(target_modules=targets, init_weights=False, core="lowrank", seed=9, **SMALL))
+    model.add_adapter(
+        "second", JoraConfig(target_modules=targets, init_weights=False, core="lowrank", seed=9, **SMALL)
+    )
     ids = token_batch()
     out_default = logits(model, ids)
     model.set_adapter("second")
@@ -115,7 +120,9 @@ def test_several_adapters_switch_compose_and_delete() -> None:
     model.unmerge_adapter()
     # delete
     model.delete_adapter("second")
-    assert all("second" not in layer.jora_adapters for layer in model.modules() if isinstance(layer, JoraLayer))
+    assert all(
+        "second" not in layer.jora_adapters for layer in model.modules() if isinstance(layer, JoraLayer)
+    )
     model.set_adapter("default")
     torch.testing.assert_close(logits(model, ids), out_default, rtol=1e-12, atol=1e-12)
     assert reference is not None
@@ -123,7 +130,9 @@ def test_several_adapters_switch_compose_and_delete() -> None:
 
 def test_only_adapter_parameters_change_after_an_optimizer_step() -> None:
     base = tiny_llama()
-    model = get_peft_model(base, JoraConfig(target_modules=MODELS["llama"][1], modules_to_save=["lm_head"], **SMALL))
+    model = get_peft_model(
+        base, JoraConfig(target_modules=MODELS["llama"][1], modules_to_save=["lm_head"], **SMALL)
+    )
     before = {k: v.clone() for k, v in model.named_parameters()}
     trainable = {k for k, v in model.named_parameters() if v.requires_grad}
     assert trainable and all(("jora_" in k) or ("modules_to_save" in k) for k in trainable)
@@ -154,12 +163,16 @@ def test_low_precision_base_with_fp32_adapter(arch: str, dtype: torch.dtype) -> 
 
 
 def test_inference_mode_freezes_everything() -> None:
-    model = get_peft_model(tiny_llama(), JoraConfig(target_modules=MODELS["llama"][1], inference_mode=True, **SMALL))
+    model = get_peft_model(
+        tiny_llama(), JoraConfig(target_modules=MODELS["llama"][1], inference_mode=True, **SMALL)
+    )
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_unsupported_target_is_named() -> None:
-    with pytest.raises(ValueError, match=r"'model.embed_tokens'.*Embedding.*supported types are torch.nn.Linear"):
+    with pytest.raises(
+        ValueError, match=r"'model.embed_tokens'.*Embedding.*supported types are torch.nn.Linear"
+    ):
         get_peft_model(tiny_llama(), JoraConfig(target_modules=["embed_tokens"], **SMALL))
 
 

@@ -18,14 +18,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from jora_ops.fused import jora_delta, jora_linear
-from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
-from jora_ops.selection import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
 from torch import nn
 
 from jora_core.cores import JoraCore, build_core
 from jora_core.layers import get_in_out_features, weight_layout
 from jora_core.settings import JoraSettings
+from jora_ops.fused import jora_delta, jora_linear
+from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
+from jora_ops.selection import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
 
 __all__ = ["SIDES", "JoraAdapter"]
 
@@ -102,7 +102,9 @@ class JoraAdapter(nn.Module):
             device=device,
         )
         has_magnitude = settings.magnitude != "none"
-        self.mag_logits = nn.Parameter(torch.zeros(self.out_features, device=device)) if has_magnitude else None
+        self.mag_logits = (
+            nn.Parameter(torch.zeros(self.out_features, device=device)) if has_magnitude else None
+        )
 
         row_norms = weight.float().norm(dim=1 if layout == "linear" else 0)
         self.register_buffer("row_norms", row_norms)
@@ -135,11 +137,19 @@ class JoraAdapter(nn.Module):
                     rand = torch.rand(theta.shape, generator=generator) * 2 - 1
                     theta.copy_(RANDOM_THETA_RANGE * rand)
                 if self.mag_logits is not None:
-                    self.mag_logits.copy_(RANDOM_LOGIT_STD * torch.randn(self.out_features, generator=generator))
+                    self.mag_logits.copy_(
+                        RANDOM_LOGIT_STD * torch.randn(self.out_features, generator=generator)
+                    )
 
     @classmethod
     def from_layer(
-        cls, layer: nn.Module, settings: JoraSettings | None = None, *, seed: int = 0, name: str = "layer", **knobs: Any
+        cls,
+        layer: nn.Module,
+        settings: JoraSettings | None = None,
+        *,
+        seed: int = 0,
+        name: str = "layer",
+        **knobs: Any,
     ) -> JoraAdapter:
         """Build the adapter for an ``nn.Linear`` or transformers ``Conv1D`` layer."""
         get_in_out_features(layer)  # raises TypeError naming the unsupported type
@@ -209,7 +219,9 @@ class JoraAdapter(nn.Module):
         if self.mag_logits is None:
             return torch.ones(self.out_features, device=self.row_norms.device)
         if s.magnitude == "oer_softmax":
-            return compute_oer_scale_softmax(self.row_norms, self.total_energy, self.mag_logits, self.temperature, s.eps)
+            return compute_oer_scale_softmax(
+                self.row_norms, self.total_energy, self.mag_logits, self.temperature, s.eps
+            )
         return compute_ecd_scale(
             self.row_norms, self.total_energy, self.mag_logits, s.ecd_alpha, self.temperature, s.eps
         )
@@ -373,7 +385,9 @@ class JoraAdapter(nn.Module):
             slots, active = self._slots(side), self._active[side]
             if active >= slots:
                 continue
-            allowed = compute_allowed_pairs(slots, self._step, s.warmup_steps, s.warmup_ratio, self._total_steps)
+            allowed = compute_allowed_pairs(
+                slots, self._step, s.warmup_steps, s.warmup_ratio, self._total_steps
+            )
             want = min(s.k, allowed - active)
             if want <= 0:
                 continue
@@ -390,7 +404,9 @@ class JoraAdapter(nn.Module):
                 )
             else:
                 dim = self.out_features if side == "L" else self.in_features
-                new_pairs = select_random_pairs(dim, want, generator=self._generator(side, 2), exclude=exclude)
+                new_pairs = select_random_pairs(
+                    dim, want, generator=self._generator(side, 2), exclude=exclude
+                )
             self._fill_slots(side, new_pairs.to(self.pairs_L.device))
 
     @torch.no_grad()

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 
 import torch
-from jora_ops.cores import CoreSpec, core_apply, core_dense, core_param_shapes
 from torch import nn
+
+from jora_ops.cores import CoreSpec, core_apply, core_dense, core_param_shapes
 
 __all__ = ["BlockCore", "DiagCore", "JoraCore", "LowRankCore", "build_core"]
 
@@ -141,4 +142,6 @@ def build_core(
         rank=lowrank_r,
         alpha=float(lowrank_alpha if lowrank_alpha is not None else lowrank_r),
     )
-    return _CORE_CLASSES[kind](spec, zero_init=zero_init, init_weights=init_weights, device=device, dtype=dtype)
+    return _CORE_CLASSES[kind](
+        spec, zero_init=zero_init, init_weights=init_weights, device=device, dtype=dtype
+    )

@@ -16,7 +16,11 @@ __all__ = ["SUPPORTED_LAYERS", "get_in_out_features", "is_conv1d", "linear_forwa
 
 def is_conv1d(module: nn.Module) -> bool:
     """True for transformers' ``Conv1D`` (weight ``[in, out]``), recognised without importing transformers."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and isinstance(module.weight, torch.Tensor)
+    return (
+        type(module).__name__ == "Conv1D"
+        and hasattr(module, "nf")
+        and isinstance(module.weight, torch.Tensor)
+    )
 
 
 def _unsupported(module: nn.Module) -> TypeError:

@@ -35,7 +35,9 @@ class JoraLinear(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         base_layer.requires_grad_(False)
-        self.adapter = JoraAdapter.from_layer(base_layer, settings, seed=seed, name=type(base_layer).__name__, **knobs)
+        self.adapter = JoraAdapter.from_layer(
+            base_layer, settings, seed=seed, name=type(base_layer).__name__, **knobs
+        )
         self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

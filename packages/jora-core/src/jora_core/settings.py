@@ -110,7 +110,9 @@ class JoraSettings:
         for name in ("oer_temperature", "ecd_temperature", "ecd_temp_start", "ecd_temp_end", "eps"):
             _positive(name, getattr(self, name))
         if self.selection != "none" and self.k == 0 and (self.S_L or self.S_R):
-            raise ValueError(f"k must be >= 1 when selection={self.selection!r} and a side has slots (S_L or S_R > 0)")
+            raise ValueError(
+                f"k must be >= 1 when selection={self.selection!r} and a side has slots (S_L or S_R > 0)"
+            )
 
     @property
     def fixed_temperature(self) -> float:

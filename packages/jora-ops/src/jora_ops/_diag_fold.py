@@ -86,7 +86,9 @@ def _fold(weight: torch.Tensor, layout: str, scale: torch.Tensor | None, entries
     rows, cols, values = entries
     compute_dtype = torch.promote_types(weight.dtype, torch.float32)
     folded = weight.to(compute_dtype, copy=True)
-    folded.index_put_((rows, cols) if layout == "linear" else (cols, rows), values.to(compute_dtype), accumulate=True)
+    folded.index_put_(
+        (rows, cols) if layout == "linear" else (cols, rows), values.to(compute_dtype), accumulate=True
+    )
     if scale is not None:
         s = scale.to(compute_dtype)
         folded.mul_(s[:, None] if layout == "linear" else s[None, :])
@@ -115,7 +117,7 @@ def diag_fold_forward(
     rotation_param: str,
 ) -> torch.Tensor:
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
-    n, m = (weight.shape if layout == "linear" else weight.shape[::-1])
+    n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size = max(n, m)
     entries = _entries(
         n,
@@ -155,7 +157,7 @@ def diag_fold_backward(
 
     ``out`` is the forward's output (needed with a scale: ``h = (y − b)/s``).
     """
-    n, m = (weight.shape if layout == "linear" else weight.shape[::-1])
+    n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size, d = max(n, m), min(n, m)
     compute_dtype = torch.promote_types(weight.dtype, torch.float32)
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(("x", "theta_L", "theta_R", "diag", "scale"))
@@ -204,7 +206,9 @@ def diag_fold_backward(
     upstream.index_put_((group, target), sums)
     upstream[0, :d] = _token_sums(g[:, :d], xs[:, :d]) * s[:d]
     upstream = upstream[:, :n].reshape(-1)
-    results = torch.autograd.grad(entries[2], [inputs[k] for k in wanted], upstream.to(entries[2].dtype), allow_unused=True)
+    results = torch.autograd.grad(
+        entries[2], [inputs[k] for k in wanted], upstream.to(entries[2].dtype), allow_unused=True
+    )
     for key, value in zip(wanted, results, strict=True):
         leaf = leaves[key]
         grads[key] = (value if value is not None else torch.zeros_like(leaf)).to(leaf.dtype)

@@ -64,7 +64,9 @@ def jora_delta(
     cos_R, sin_R = rotation_cos_sin(theta_R, rotation_param)
     cos_L, sin_L = rotation_cos_sin(theta_L, rotation_param)
     rotated = apply_rotations_reference(x, pairs_R, cos_R, sin_R)
-    delta = apply_rotations_reference(core_apply(core, core_params, rotated), pairs_L, cos_L, sin_L, transpose=True)
+    delta = apply_rotations_reference(
+        core_apply(core, core_params, rotated), pairs_L, cos_L, sin_L, transpose=True
+    )
     if core_offset is not None:
         delta = delta - core_apply(core, core_offset, x)
     return delta
@@ -140,7 +142,9 @@ class _JoraLinearFunction(torch.autograd.Function):
             out = out.to(base_dtype)
         ctx.static = static
         ctx.base_dtype = base_dtype
-        ctx.save_for_backward(x, weight, bias, theta_R, theta_L, scale, out if scale is not None else None, *core_tensors)
+        ctx.save_for_backward(
+            x, weight, bias, theta_R, theta_L, scale, out if scale is not None else None, *core_tensors
+        )
         return out
 
     @staticmethod
@@ -155,7 +159,9 @@ class _JoraLinearFunction(torch.autograd.Function):
             static.stats_in.add_(_tokens(x).to(_compute_dtype(x)).square().mean(0))
 
         if ctx.use_fold:
-            return _JoraLinearFunction._fold_backward(ctx, grad_out, x, weight, bias, theta_R, theta_L, scale, out, core_tensors)
+            return _JoraLinearFunction._fold_backward(
+                ctx, grad_out, x, weight, bias, theta_R, theta_L, scale, out, core_tensors
+            )
 
         grad_scale = None
         grad_hidden = grad
@@ -186,7 +192,9 @@ class _JoraLinearFunction(torch.autograd.Function):
                     rotation_param=static.rotation_param,
                 )
                 targets = [t for t, w in zip(inputs, wanted, strict=True) if w]
-                grads = iter(torch.autograd.grad(delta, targets, grad_hidden.to(delta.dtype), allow_unused=True))
+                grads = iter(
+                    torch.autograd.grad(delta, targets, grad_hidden.to(delta.dtype), allow_unused=True)
+                )
                 # an input the delta does not touch (e.g. angles of an empty side) gets an explicit zero
                 # gradient, so that no parameter is ever unused in a step (DDP needs no find_unused_parameters)
                 leaf_grads = [
@@ -205,7 +213,8 @@ class _JoraLinearFunction(torch.autograd.Function):
             static.on_backward()
         n_offset = len(core_tensors) - static.n_core_params
         core_grads = [
-            g.to(t.dtype) if g is not None else None for g, t in zip(leaf_grads[3:], core_tensors, strict=False)
+            g.to(t.dtype) if g is not None else None
+            for g, t in zip(leaf_grads[3:], core_tensors, strict=False)
         ]
         return (
             None,
@@ -219,7 +228,6 @@ class _JoraLinearFunction(torch.autograd.Function):
             *core_grads,
             *([None] * n_offset),
         )
-
 
     @staticmethod
     def _fold_backward(
@@ -260,7 +268,9 @@ def _check_side(
     if pairs is None or theta is None:
         return _empty_side(device)
     if pairs.dim() != 2 or pairs.shape[1] != 2 or pairs.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"pairs_{side} must be an integer tensor of shape (a, 2), got {pairs.dtype} {tuple(pairs.shape)}")
+        raise ValueError(
+            f"pairs_{side} must be an integer tensor of shape (a, 2), got {pairs.dtype} {tuple(pairs.shape)}"
+        )
     if theta.shape != (pairs.shape[0],):
         raise ValueError(f"theta_{side} must have shape ({pairs.shape[0]},), got {tuple(theta.shape)}")
     return pairs, theta
@@ -320,10 +330,17 @@ def jora_linear(
     if weight is not None:
         expected = (n, m) if weight_layout == "linear" else (m, n)
         if tuple(weight.shape) != expected:
-            raise ValueError(f"weight must have shape {expected} for layout {weight_layout!r}, got {tuple(weight.shape)}")
+            raise ValueError(
+                f"weight must have shape {expected} for layout {weight_layout!r}, got {tuple(weight.shape)}"
+            )
     if base_output is not None and base_output.shape != (*x.shape[:-1], n):
         raise ValueError(f"base_output must have shape {(*x.shape[:-1], n)}, got {tuple(base_output.shape)}")
-    for name, vec, size in (("bias", bias, n), ("scale", scale, n), ("stats_in", stats_in, m), ("stats_out", stats_out, n)):
+    for name, vec, size in (
+        ("bias", bias, n),
+        ("scale", scale, n),
+        ("stats_in", stats_in, m),
+        ("stats_out", stats_out, n),
+    ):
         if vec is not None and vec.shape != (size,):
             raise ValueError(f"{name} must have shape ({size},), got {tuple(vec.shape)}")
     for name, buf in (("stats_in", stats_in), ("stats_out", stats_out)):

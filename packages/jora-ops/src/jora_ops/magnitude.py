@@ -57,7 +57,9 @@ def compute_oer_scale_softmax(
     # log s_i = w_i/(2T) − ½·logsumexp_j(log p0_j + w_j/T) with the prior p0 = ν²/E: the same as
     # sqrt(E·p_i)/ν_i, exactly 1 at w = 0 up to one rounding, and stable for tiny ν.
     scaled = _at_least_fp32(oer_logits) / temperature
-    log_prior = torch.where(included, 2.0 * torch.where(included, nu, 1.0).log() - energy.log(), float("-inf"))
+    log_prior = torch.where(
+        included, 2.0 * torch.where(included, nu, 1.0).log() - energy.log(), float("-inf")
+    )
     log_scale = 0.5 * (scaled - torch.logsumexp(log_prior + scaled, dim=0))
     return torch.where(included, log_scale.exp(), 1.0)
 

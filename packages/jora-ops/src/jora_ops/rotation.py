@@ -47,7 +47,9 @@ def cayley_cos_sin(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (1.0 - quarter_sq) * inv, t * inv
 
 
-def rotation_cos_sin(theta: torch.Tensor, rotation_param: str = "cayley") -> tuple[torch.Tensor, torch.Tensor]:
+def rotation_cos_sin(
+    theta: torch.Tensor, rotation_param: str = "cayley"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(cos φ, sin φ)`` in fp32 for the ``"cayley"`` or ``"angle"`` (φ = θ) parameterisation."""
     check_rotation_param(rotation_param)
     if rotation_param == "cayley":
@@ -56,7 +58,9 @@ def rotation_cos_sin(theta: torch.Tensor, rotation_param: str = "cayley") -> tup
     return torch.cos(t), torch.sin(t)
 
 
-def validate_pairs(pairs: torch.Tensor, dim: int, *, name: str = "pairs", allow_empty_slots: bool = True) -> None:
+def validate_pairs(
+    pairs: torch.Tensor, dim: int, *, name: str = "pairs", allow_empty_slots: bool = True
+) -> None:
     """Check a pair table once, when it changes (never called in forward).
 
     ``pairs`` must be an integer tensor of shape ``(S, 2)`` whose entries lie in ``[0, dim)`` (or are ``-1`` in
@@ -75,7 +79,9 @@ def validate_pairs(pairs: torch.Tensor, dim: int, *, name: str = "pairs", allow_
         raise ValueError(f"{name} contains empty slots (-1) where none are allowed")
     used = p[~empty]
     if used.numel() and (bool((used < 0).any()) or bool((used >= dim).any())):
-        raise ValueError(f"{name} has coordinates outside [0, {dim}): {used[(used < 0) | (used >= dim)].tolist()}")
+        raise ValueError(
+            f"{name} has coordinates outside [0, {dim}): {used[(used < 0) | (used >= dim)].tolist()}"
+        )
     flat = used.flatten()
     if flat.numel() != flat.unique().numel():
         raise ValueError(f"{name} must be disjoint: a coordinate appears in more than one pair (or i == j)")

@@ -57,7 +57,9 @@ def select_top_k_pairs_gpu(
         ``int64`` tensor ``[min(k, available // 2), 2]`` on ``energy``'s device.
     """
     if not isinstance(energy, torch.Tensor) or not energy.is_floating_point():
-        raise TypeError(f"energy must be a floating-point tensor, got {getattr(energy, 'dtype', type(energy))}")
+        raise TypeError(
+            f"energy must be a floating-point tensor, got {getattr(energy, 'dtype', type(energy))}"
+        )
     if energy.dim() != 1:
         raise ValueError(f"energy must be 1-D, got shape {tuple(energy.shape)}")
     if not isinstance(k, int) or k < 0:
@@ -72,7 +74,9 @@ def select_top_k_pairs_gpu(
     n_excluded = 0
     if exclude is not None:
         if exclude.dtype not in (torch.int64, torch.int32) or exclude.dim() != 1:
-            raise TypeError(f"exclude must be a 1-D integer tensor, got {exclude.dtype} {tuple(exclude.shape)}")
+            raise TypeError(
+                f"exclude must be a 1-D integer tensor, got {exclude.dtype} {tuple(exclude.shape)}"
+            )
         n_excluded = exclude.numel()
     n_pairs = min(k, max(limit - n_excluded, 0) // 2)
     if n_pairs == 0:

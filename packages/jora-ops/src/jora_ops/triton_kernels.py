@@ -81,7 +81,12 @@ def _rotate(x: torch.Tensor, pairs: torch.Tensor, cos: torch.Tensor, sin: torch.
 class _ApplyRotationsTriton(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, x: torch.Tensor, pairs: torch.Tensor, thetas: torch.Tensor, rotation_param: str, transpose: bool
+        ctx: Any,
+        x: torch.Tensor,
+        pairs: torch.Tensor,
+        thetas: torch.Tensor,
+        rotation_param: str,
+        transpose: bool,
     ) -> torch.Tensor:
         cos, sin = rotation_cos_sin(thetas, rotation_param)
         ctx.save_for_backward(x, pairs, thetas)

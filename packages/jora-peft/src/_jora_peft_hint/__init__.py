@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+
 TYPE_CHECKING = False  # not `from typing import ...`: typing alone costs ms at every start-up
 
 if TYPE_CHECKING:  # only for annotations: this module must stay cheap to import at start-up
@@ -73,7 +74,9 @@ class _Loader:
 class _Finder:
     """Wraps the loader of ``peft.config`` only; every other import passes through untouched."""
 
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname != "peft.config":
             return None
         for finder in sys.meta_path:

@@ -7,10 +7,10 @@ JoraConfig, get_peft_model`` works, and so do ``PeftConfig.from_pretrained`` and
 
 from __future__ import annotations
 
-import peft
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from peft.utils import register_peft_method
 
+import peft
 from jora_peft._peft_type import JORA_PEFT_TYPE
 from jora_peft._version import __version__
 from jora_peft.callback import JoraTrainerCallback, selection_progress

@@ -5,12 +5,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
+from peft.config import PeftConfig
+
 from jora_core.settings import MAGNITUDE_TYPES, SELECTION_TYPES, JoraSettings
 from jora_ops.cores import CORE_KINDS
 from jora_ops.rotation import IMPLS, ROTATION_PARAMS
 from jora_ops.selection import PAIRING_STRATEGIES
-from peft.config import PeftConfig
-
 from jora_peft._peft_type import JORA_PEFT_TYPE
 
 __all__ = ["JoraConfig"]
@@ -78,13 +78,17 @@ class JoraConfig(PeftConfig):
     core: str = _knob(_DEFAULTS.core, f"One of {CORE_KINDS}.")
     block_size: int = _knob(_DEFAULTS.block_size, "Block size of the 'block' core.")
     lowrank_r: int = _knob(_DEFAULTS.lowrank_r, "Rank of the 'lowrank' core.")
-    lowrank_alpha: float | None = _knob(_DEFAULTS.lowrank_alpha, "Scale numerator of the 'lowrank' core (None: r).")
+    lowrank_alpha: float | None = _knob(
+        _DEFAULTS.lowrank_alpha, "Scale numerator of the 'lowrank' core (None: r)."
+    )
     zero_init_core: bool = _knob(_DEFAULTS.zero_init_core, "Zero core instead of small random core minus C₀.")
     magnitude: str = _knob(_DEFAULTS.magnitude, f"One of {MAGNITUDE_TYPES}.")
     ecd_alpha: float = _knob(_DEFAULTS.ecd_alpha, "ECD gain amplitude, in [0, 1).")
     oer_temperature: float = _knob(_DEFAULTS.oer_temperature, "OER softmax temperature (> 0).")
     ecd_temperature: float = _knob(_DEFAULTS.ecd_temperature, "ECD tanh temperature (> 0).")
-    ecd_temp_annealing: bool = _knob(_DEFAULTS.ecd_temp_annealing, "Anneal the magnitude temperature linearly.")
+    ecd_temp_annealing: bool = _knob(
+        _DEFAULTS.ecd_temp_annealing, "Anneal the magnitude temperature linearly."
+    )
     ecd_temp_start: float = _knob(_DEFAULTS.ecd_temp_start, "Annealing start temperature (> 0).")
     ecd_temp_end: float = _knob(_DEFAULTS.ecd_temp_end, "Annealing end temperature (> 0).")
     eps: float = _knob(_DEFAULTS.eps, "Rows with a base norm <= eps keep scale 1.")

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import jora_peft
 from jora_peft import JoraConfig
+from peft import LoraConfig, PeftModel, get_peft_model
 
 PRETRAIN_MODULES = (
     "collections", "itertools", "functools", "os", "pathlib", "re", "json", "argparse", "logging", "datetime",
@@ -94,7 +94,9 @@ def held_out_loss(model: nn.Module, corpus: Corpus, length: int, n_batches: int 
     generator = torch.Generator().manual_seed(1234)
     device = next(model.parameters()).device
     losses = [
-        model(input_ids=(ids := batches(corpus.held_out, batch, length, generator).to(device)), labels=ids).loss
+        model(
+            input_ids=(ids := batches(corpus.held_out, batch, length, generator).to(device)), labels=ids
+        ).loss
         for _ in range(n_batches)
     ]
     return float(torch.stack(losses).mean())
@@ -171,13 +173,19 @@ def load_pretrained(name: str) -> tuple[nn.Module, Callable[[str], torch.Tensor]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="a Hugging Face causal-LM path or id (default: a tiny Llama pretrained here)")
-    parser.add_argument("--data", type=Path, help="a text file to adapt to (default: Python's reference topics)")
+    parser.add_argument(
+        "--model", help="a Hugging Face causal-LM path or id (default: a tiny Llama pretrained here)"
+    )
+    parser.add_argument(
+        "--data", type=Path, help="a text file to adapt to (default: Python's reference topics)"
+    )
     parser.add_argument("--pretrain-steps", type=int, default=300)
     parser.add_argument("--adapt-steps", type=int, default=120)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--output-dir", type=Path, help="where the adapter is saved (default: a temporary folder)")
+    parser.add_argument(
+        "--output-dir", type=Path, help="where the adapter is saved (default: a temporary folder)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -213,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"2) adapting to {len(corpus.train):,} tokens of a different text (held-out loss now {before:.3f})")
 
     methods = {
-        "JORA diag+OER (S=16, k=4)": (JoraConfig(target_modules=targets, S_L=16, S_R=16, k=4, seed=args.seed), 2e-2),
+        "JORA diag+OER (S=16, k=4)": (
+            JoraConfig(target_modules=targets, S_L=16, S_R=16, k=4, seed=args.seed),
+            2e-2,
+        ),
         "LoRA r8": (LoraConfig(target_modules=targets, r=8, lora_alpha=16), 3e-3),
     }
     rows, adapted = [], {}

@@ -12,11 +12,11 @@ import zlib
 from typing import Any
 
 import torch
-from jora_core.adapter import JoraAdapter
-from jora_core.layers import get_in_out_features, weight_layout
 from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from torch import nn
 
+from jora_core.adapter import JoraAdapter
+from jora_core.layers import get_in_out_features, weight_layout
 from jora_peft.config import JoraConfig
 
 __all__ = ["JoraLayer", "Linear", "layer_seed"]
@@ -44,7 +44,9 @@ class JoraLayer(BaseTunerLayer):
         self.out_features = out_features
         self.kwargs = kwargs
 
-    def update_layer(self, adapter_name: str, config: JoraConfig, inference_mode: bool = False, **kwargs: Any) -> None:
+    def update_layer(
+        self, adapter_name: str, config: JoraConfig, inference_mode: bool = False, **kwargs: Any
+    ) -> None:
         """Create the adapter ``adapter_name`` from ``config`` on this layer."""
         base = self.get_base_layer()
         self.jora_adapters[adapter_name] = JoraAdapter(
@@ -57,7 +59,9 @@ class JoraLayer(BaseTunerLayer):
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
-    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+    def _move_adapter_to_device_of_base_layer(
+        self, adapter_name: str, device: torch.device | None = None
+    ) -> None:
         """Move to the base layer's device only: JORA keeps fp32 parameters and statistics on any base dtype."""
         target = device if device is not None else self.get_base_layer().weight.device
         if target.type != "meta" and adapter_name in self.jora_adapters:
@@ -88,7 +92,9 @@ class JoraLayer(BaseTunerLayer):
                 continue
             merged = self.jora_adapters[name].merged_weight(weight.data)
             if safe_merge and not torch.isfinite(merged).all():
-                raise ValueError(f"NaNs detected in the merged weights. The adapter {name} seems to be broken")
+                raise ValueError(
+                    f"NaNs detected in the merged weights. The adapter {name} seems to be broken"
+                )
             weight.data = merged.contiguous()
             self.merged_adapters.append(name)
 
@@ -155,7 +161,9 @@ class JoraLayer(BaseTunerLayer):
         for adapter in self._selected(adapter_name):
             adapter.update_step(total_steps)
 
-    def update_temperature(self, current_step: int, total_steps: int, adapter_name: str | None = None) -> None:
+    def update_temperature(
+        self, current_step: int, total_steps: int, adapter_name: str | None = None
+    ) -> None:
         """Set the magnitude temperature for ``current_step`` of ``total_steps``."""
         for adapter in self._selected(adapter_name):
             adapter.update_temperature(current_step, total_steps)
@@ -177,7 +185,12 @@ class Linear(nn.Module, JoraLayer):
     """JORA on an ``nn.Linear`` or transformers ``Conv1D`` base layer."""
 
     def __init__(
-        self, base_layer: nn.Module, adapter_name: str, config: JoraConfig, layer_name: str = "", **kwargs: Any
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: JoraConfig,
+        layer_name: str = "",
+        **kwargs: Any,
     ) -> None:
         super().__init__()
         JoraLayer.__init__(self, base_layer, layer_name=layer_name, **kwargs)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from jora_core.layers import SUPPORTED_LAYERS, get_in_out_features
 from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 from torch import nn
 
+from jora_core.layers import SUPPORTED_LAYERS, get_in_out_features
 from jora_peft.config import JoraConfig
 from jora_peft.layer import JoraLayer, Linear
 
@@ -79,7 +79,9 @@ class JoraModel(BaseTuner):
             if adapter_name is None or adapter_name in layer.jora_adapters:
                 layer.update_step(total_steps, adapter_name)
 
-    def jora_update_temperature(self, current_step: int, total_steps: int, adapter_name: str | None = None) -> None:
+    def jora_update_temperature(
+        self, current_step: int, total_steps: int, adapter_name: str | None = None
+    ) -> None:
         """Set every layer's magnitude temperature for ``current_step`` of ``total_steps``."""
         for layer in self._layers():
             if adapter_name is None or adapter_name in layer.jora_adapters:
