@@ -27,7 +27,8 @@ class JoraCore(nn.Module):
         zero_init: ``True`` → zero core (lowrank: ``A = 0``, ``B`` LoRA-style random), no offset.
             ``False`` → small random core and a frozen copy ``C₀`` so that the delta is 0 at init.
         init_weights: ``False`` → random core (std 0.1) without offset: a non-identity init for tests.
-        device, dtype: parameter placement; fp32 by default.
+        device: parameter device.
+        dtype: parameter dtype (fp32 by default).
     """
 
     param_names: tuple[str, ...] = ()

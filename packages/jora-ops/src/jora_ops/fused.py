@@ -305,14 +305,18 @@ def jora_linear(
             ``None`` when ``base_output`` is given (chaining several adapters, JORA.md §1).
         bias: optional ``[n]`` bias, added after the scale (never scaled).
         core: the core's :class:`~jora_ops.cores.CoreSpec`.
-        core_params: the core's parameter tuple; ``core_offset``: the frozen initial core ``C₀`` or ``None``.
-        pairs_R, theta_R: active input-side pairs ``[a_R, 2]`` and their angles ``[a_R]`` (``None``: no rotation).
-        pairs_L, theta_L: active output-side pairs and angles.
+        core_params: the core's parameter tuple.
+        core_offset: the frozen initial core ``C₀`` in the same structured form, or ``None``.
+        pairs_R: active input-side pairs ``[a_R, 2]`` (``None``: no rotation on that side).
+        theta_R: their angle parameters ``[a_R]``.
+        pairs_L: active output-side pairs ``[a_L, 2]``.
+        theta_L: their angle parameters ``[a_L]``.
         scale: the row scale ``s`` ``[n]`` or ``None`` (``s ≡ 1``).
         base_output: precomputed ``h`` ``[..., n]`` instead of ``weight`` (receives a gradient).
         rotation_param: ``"cayley"`` or ``"angle"``.
-        stats_in, stats_out: fp32 buffers ``[m]``/``[n]``; backward adds the token mean of ``x²`` and of
-            ``(∂L/∂y)²`` to them, exactly once per backward (also under activation checkpointing).
+        stats_in: fp32 buffer ``[m]``; backward adds the token mean of ``x²`` to it, exactly once per backward
+            (also under activation checkpointing).
+        stats_out: fp32 buffer ``[n]``; backward adds the token mean of ``(∂L/∂y)²``.
         on_backward: called once at the end of each backward of this function.
         impl: ``"auto"``, ``"torch"`` or ``"triton"``.
 
