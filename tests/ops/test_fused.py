@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.utils.checkpoint import checkpoint
 
-from jora_ops import CoreSpec, jora_delta, jora_linear
+from jora_ops import CoreSpec, _dispatch, jora_delta, jora_linear
 from jora_ops.cores import core_param_shapes
 from jora_reference import adapted_weight, dense_core, dense_rotation, rel_error
 
@@ -255,3 +255,67 @@ def test_bad_arguments_raise_named_errors() -> None:
         jora_linear(x, case.weight, **(kw | {"core_params": (torch.zeros(4),)}))
     with pytest.raises(ValueError, match="core must be one of"):
         CoreSpec("dense", 4, 4)
+
+
+needs_triton_backend = pytest.mark.skipif(
+    not (_dispatch.triton_available() and (_dispatch.triton_interpreting() or torch.cuda.is_available())),
+    reason="needs triton with TRITON_INTERPRET=1 (CI) or a CUDA device",
+)
+
+
+@needs_triton_backend
+@pytest.mark.parametrize(("n", "m"), [(24, 40), (40, 24), (33, 33)])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+@pytest.mark.parametrize("with_scale", [True, False])
+def test_triton_matches_torch_for_outputs_gradients_and_statistics(
+    n: int, m: int, layout: str, with_scale: bool
+) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    case = make_case(
+        "diag", n, m, seed=n + m, dtype=torch.float32, with_scale=with_scale, a_L=n // 3, a_R=m // 3
+    )
+    weight = (case.weight if layout == "linear" else case.weight.T.contiguous()).to(device)
+    x = torch.randn(3, 50, m, device=device)
+    grad = torch.randn(3, 50, n, device=device)
+    results = {}
+    for impl in ("torch", "triton"):
+        leaves = {
+            "x": x.clone().requires_grad_(),
+            "bias": case.bias.to(device).requires_grad_(),
+            "theta_L": case.theta_L.to(device).requires_grad_(),
+            "theta_R": case.theta_R.to(device).requires_grad_(),
+            "diag": case.params[0].to(device).requires_grad_(),
+        }
+        if with_scale:
+            leaves["scale"] = case.scale.to(device).requires_grad_()
+        stats_in, stats_out = torch.zeros(m, device=device), torch.zeros(n, device=device)
+        kwargs = case.kwargs() | {
+            "pairs_L": case.pairs_L.to(device),
+            "pairs_R": case.pairs_R.to(device),
+            "theta_L": leaves["theta_L"],
+            "theta_R": leaves["theta_R"],
+            "core_params": (leaves["diag"],),
+            "core_offset": (case.offset[0].to(device),),
+            "scale": leaves.get("scale"),
+        }
+        out = jora_linear(
+            leaves["x"], weight, leaves["bias"], weight_layout=layout, stats_in=stats_in, stats_out=stats_out,
+            impl=impl, **kwargs,
+        )  # fmt: skip
+        out.backward(grad)
+        results[impl] = (out.detach(), {k: v.grad for k, v in leaves.items()}, stats_in, stats_out)
+    ref_out, ref_grads, ref_in, ref_out_stats = results["torch"]
+    out, grads, stats_in, stats_out = results["triton"]
+    assert rel_error(out, ref_out) < 1e-5
+    for key, value in ref_grads.items():
+        assert rel_error(grads[key], value) < 1e-5, key
+    assert rel_error(stats_in, ref_in) < 1e-5
+    assert rel_error(stats_out, ref_out_stats) < 1e-5
+
+
+def test_triton_is_refused_where_it_has_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
+    case = make_case("block", 6, 5, seed=9, dtype=torch.float32)
+    with pytest.raises(NotImplementedError, match="core='block'"):
+        jora_linear(torch.randn(2, 5), case.weight, impl="triton", **case.kwargs())

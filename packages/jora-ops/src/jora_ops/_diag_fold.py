@@ -24,7 +24,7 @@ import torch
 
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["diag_fold_backward", "diag_fold_forward"]
+__all__ = ["column_sums_torch", "diag_fold_backward", "diag_fold_forward"]
 
 Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -82,17 +82,16 @@ def _entries(
 
 
 def _fold(weight: torch.Tensor, layout: str, scale: torch.Tensor | None, entries: Entries) -> torch.Tensor:
-    """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype (computed in at least fp32)."""
+    """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype: one pass over ``W`` plus a 4n-entry scatter."""
     rows, cols, values = entries
-    compute_dtype = torch.promote_types(weight.dtype, torch.float32)
-    folded = weight.to(compute_dtype, copy=True)
-    folded.index_put_(
-        (rows, cols) if layout == "linear" else (cols, rows), values.to(compute_dtype), accumulate=True
-    )
-    if scale is not None:
-        s = scale.to(compute_dtype)
-        folded.mul_(s[:, None] if layout == "linear" else s[None, :])
-    return folded.to(weight.dtype)
+    if scale is None:
+        folded = weight.clone()
+    else:
+        s = scale.to(weight.dtype)
+        folded = weight * (s[:, None] if layout == "linear" else s[None, :])
+        values = values * scale.to(values.dtype)[rows]
+    index = (rows, cols) if layout == "linear" else (cols, rows)
+    return folded.index_put_(index, values.to(weight.dtype), accumulate=True)
 
 
 def _matmul(x: torch.Tensor, folded: torch.Tensor, layout: str, bias: torch.Tensor | None) -> torch.Tensor:
@@ -136,6 +135,22 @@ def _token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vecdot(a, b, dim=0)
 
 
+def column_sums_torch(
+    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
+) -> dict[str, torch.Tensor | None]:
+    """Torch reference of :func:`jora_ops.triton_kernels.column_sums_triton` (same keys, at least fp32)."""
+    compute_dtype = torch.promote_types(grad.dtype, torch.float32)
+    g = grad.to(compute_dtype)
+    xs = x.to(compute_dtype) if x is not None else None
+    return {
+        "g_y": _token_sums(g, out.to(compute_dtype)) if out is not None else None,
+        "g": g.sum(0),
+        "g_x": _token_sums(g[:, :n_diag], xs[:, :n_diag]) if xs is not None else None,
+        "g_g": _token_sums(g, g) if stats else None,
+        "x_x": _token_sums(xs, xs) if stats and xs is not None else None,
+    }
+
+
 def diag_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -152,15 +167,22 @@ def diag_fold_backward(
     theta_R: torch.Tensor,
     rotation_param: str,
     needs: dict[str, bool],
+    stats_in: torch.Tensor | None = None,
+    stats_out: torch.Tensor | None = None,
+    use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients for ``x``, ``theta_L``, ``theta_R``, ``diag`` and ``scale`` of :func:`diag_fold_forward`.
+    """Gradients for ``x``, ``theta_L``, ``theta_R``, ``diag``, ``scale`` and ``bias`` of
+    :func:`diag_fold_forward`, and the selection statistics (token means of ``x²`` and ``g²``).
 
-    ``out`` is the forward's output (needed with a scale: ``h = (y − b)/s``).
+    ``out`` is the forward's output (needed with a scale: ``h = (y − b)/s``). All full-size token sums come
+    from one pass over ``g``, ``y`` and ``x`` (a Triton kernel with ``use_triton``, torch ops otherwise).
     """
     n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size, d = max(n, m), min(n, m)
     compute_dtype = torch.promote_types(weight.dtype, torch.float32)
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(("x", "theta_L", "theta_R", "diag", "scale"))
+    grads: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("x", "theta_L", "theta_R", "diag", "scale", "bias")
+    )
 
     leaves = {"theta_L": theta_L, "theta_R": theta_R, "diag": diag}
     with torch.enable_grad():
@@ -174,20 +196,38 @@ def diag_fold_backward(
             grad_x = grad_out @ folded if layout == "linear" else grad_out @ folded.T
         grads["x"] = grad_x.to(x.dtype)
 
-    g = grad_out.reshape(-1, n).to(compute_dtype)
-    if scale is not None and needs["scale"]:
-        assert out is not None
-        y = out.reshape(-1, n).to(compute_dtype)
-        weighted = _token_sums(g, y)
+    wanted = [k for k in leaves if needs[k]]
+    g_raw, x_raw = grad_out.reshape(-1, n), x.reshape(-1, m)
+    stats = stats_in is not None or stats_out is not None
+    need_y = scale is not None and needs["scale"]
+    if use_triton:
+        from jora_ops.triton_kernels import column_sums_triton
+
+        sums = column_sums_triton(
+            g_raw, out.reshape(-1, n) if need_y else None, x_raw if wanted else None, d, stats
+        )
+    else:
+        sums = column_sums_torch(
+            g_raw, out.reshape(-1, n) if need_y else None, x_raw if wanted or stats else None, d, stats
+        )
+    tokens = max(g_raw.shape[0], 1)
+    if stats_out is not None:
+        stats_out.add_(sums["g_g"] / tokens)
+    if stats_in is not None:
+        stats_in.add_(sums["x_x"] / tokens)
+    if needs["bias"]:
+        grads["bias"] = sums["g"]
+    if need_y:
+        weighted = sums["g_y"]
         if bias is not None:
-            weighted = weighted - bias.to(compute_dtype) * g.sum(0)
+            weighted = weighted - bias.to(weighted.dtype) * sums["g"]
         grads["scale"] = (weighted / scale).to(scale.dtype)
 
-    wanted = [k for k in leaves if needs[k]]
     if not wanted:
         return grads
+    g = g_raw.to(compute_dtype)
     s = scale.to(compute_dtype) if scale is not None else torch.ones(n, dtype=compute_dtype, device=g.device)
-    xs = x.reshape(-1, m).to(compute_dtype)
+    xs = x_raw.to(compute_dtype)
     partner_L, partner_R = tables_L[0], tables_R[0]
 
     # Touched rows: R-pair coordinates (entry 2) and L-pair coordinates (entries 3 and 4). One gather of g
@@ -199,12 +239,12 @@ def diag_fold_backward(
     cols = torch.cat([partner_R[rows_R], q, partner_R[q]]).clamp(max=m - 1)
     valid = torch.cat([rows_R < d, q < d, q < d])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    sums = _token_sums(g.index_select(1, safe_rows) * s[safe_rows], xs.index_select(1, cols))
+    touched = _token_sums(g.index_select(1, safe_rows) * s[safe_rows], xs.index_select(1, cols))
     target = torch.where(valid, rows, n)  # masked rows land in a scratch slot
     group = torch.cat([torch.full_like(rows_R, 1), torch.full_like(rows_L, 2), torch.full_like(rows_L, 3)])
     upstream = torch.zeros(4, n + 1, dtype=compute_dtype, device=g.device)
-    upstream.index_put_((group, target), sums)
-    upstream[0, :d] = _token_sums(g[:, :d], xs[:, :d]) * s[:d]
+    upstream.index_put_((group, target), touched)
+    upstream[0, :d] = sums["g_x"].to(compute_dtype) * s[:d]
     upstream = upstream[:, :n].reshape(-1)
     results = torch.autograd.grad(
         entries[2], [inputs[k] for k in wanted], upstream.to(entries[2].dtype), allow_unused=True

@@ -86,6 +86,7 @@ class _Static:
     stats_in: torch.Tensor | None
     stats_out: torch.Tensor | None
     on_backward: Callable[[], None] | None
+    use_triton: bool = False
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -152,16 +153,15 @@ class _JoraLinearFunction(torch.autograd.Function):
         static: _Static = ctx.static
         x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        if ctx.use_fold:
+            return _JoraLinearFunction._fold_backward(
+                ctx, grad_out, x, weight, bias, theta_R, theta_L, scale, out, core_tensors
+            )
         grad = grad_out.to(_compute_dtype(grad_out))
         if static.stats_out is not None:
             static.stats_out.add_(_tokens(grad).square().mean(0))
         if static.stats_in is not None:
             static.stats_in.add_(_tokens(x).to(_compute_dtype(x)).square().mean(0))
-
-        if ctx.use_fold:
-            return _JoraLinearFunction._fold_backward(
-                ctx, grad_out, x, weight, bias, theta_R, theta_L, scale, out, core_tensors
-            )
 
         grad_scale = None
         grad_hidden = grad
@@ -248,9 +248,11 @@ class _JoraLinearFunction(torch.autograd.Function):
             grad_out, x, out, weight, bias, static.weight_layout, scale, core_tensors[0],
             core_tensors[1] if static.has_offset else None, static.pairs_L, theta_L, static.pairs_R, theta_R,
             static.rotation_param,
-            needs={"x": needs[1], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7], "diag": needs[8]},
+            needs={"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
+                   "diag": needs[8]},
+            stats_in=static.stats_in, stats_out=static.stats_out, use_triton=static.use_triton,
         )  # fmt: skip
-        grad_bias = _tokens(grad_out).sum(0).to(bias.dtype) if bias is not None and needs[3] else None
+        grad_bias = grads["bias"].to(bias.dtype) if grads["bias"] is not None and bias is not None else None
         if static.on_backward is not None:
             static.on_backward()
         n_offset = len(core_tensors) - 1
@@ -355,10 +357,14 @@ def jora_linear(
         check_core_params(core, core_offset, "core_offset")
     pairs_R, theta_R = _check_side(pairs_R, theta_R, "R", x.device)
     pairs_L, theta_L = _check_side(pairs_L, theta_L, "L", x.device)
-    if resolve_impl(impl, x) == "triton" and impl == "triton":
-        raise NotImplementedError(
-            "the fused Triton kernels are not available yet; use impl='torch' or impl='auto' (torch reference)"
-        )
+    use_triton = resolve_impl(impl, x) == "triton"
+    if use_triton and (core.kind != "diag" or weight is None):
+        if impl == "triton":
+            raise NotImplementedError(
+                f"impl='triton' covers the diag core with a base weight; got core={core.kind!r}"
+                f"{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
+            )
+        use_triton = False
     static = _Static(
         core=core,
         n_core_params=len(core_params),
@@ -370,6 +376,7 @@ def jora_linear(
         stats_in=stats_in,
         stats_out=stats_out,
         on_backward=on_backward,
+        use_triton=use_triton,
     )
     return _JoraLinearFunction.apply(
         static, x, weight, bias, base_output, theta_R, theta_L, scale, *core_params, *(core_offset or ())

@@ -14,7 +14,7 @@ import triton.language as tl
 
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["apply_rotations_triton"]
+__all__ = ["apply_rotations_triton", "column_sums_triton"]
 
 
 @triton.jit
@@ -124,3 +124,118 @@ def apply_rotations_triton(
 ) -> torch.Tensor:
     """Triton implementation of :func:`jora_ops.rotation.apply_rotations` (same contract)."""
     return _ApplyRotationsTriton.apply(x, pairs, thetas, rotation_param, transpose)
+
+
+@triton.jit
+def _column_sums_kernel(
+    g_ptr,
+    y_ptr,
+    x_ptr,
+    out_ptr,
+    n_rows,
+    n_out,
+    n_in,
+    n_diag,
+    stride_g,
+    stride_y,
+    stride_x,
+    rows_per_program,
+    HAS_Y: tl.constexpr,
+    HAS_X: tl.constexpr,
+    STATS: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    BLOCK_COLS: tl.constexpr,
+):
+    """Partial token sums of one row split: Σg·y, Σg, Σg·x (first n_diag), Σg², Σx² per column (fp32)."""
+    split = tl.program_id(1)
+    cols = tl.program_id(0) * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
+    out_ok = cols < n_out
+    in_ok = cols < n_in
+    diag_ok = cols < n_diag
+    acc_gy = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    acc_gx = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    acc_gg = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    acc_xx = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    row_start = split * rows_per_program
+    for offset in range(0, rows_per_program, BLOCK_ROWS):
+        rows = row_start + offset + tl.arange(0, BLOCK_ROWS)
+        row_ok = (rows < n_rows) & (rows < row_start + rows_per_program)
+        row_base = rows[:, None].to(tl.int64)
+        g = tl.load(
+            g_ptr + row_base * stride_g + cols[None, :], mask=row_ok[:, None] & out_ok[None, :], other=0.0
+        )
+        g = g.to(tl.float32)
+        acc_g += tl.sum(g, axis=0)
+        if HAS_Y:
+            y = tl.load(
+                y_ptr + row_base * stride_y + cols[None, :], mask=row_ok[:, None] & out_ok[None, :], other=0.0
+            )
+            acc_gy += tl.sum(g * y.to(tl.float32), axis=0)
+        if HAS_X or STATS:
+            x = tl.load(
+                x_ptr + row_base * stride_x + cols[None, :], mask=row_ok[:, None] & in_ok[None, :], other=0.0
+            )
+            x = x.to(tl.float32)
+            if HAS_X:
+                acc_gx += tl.sum(tl.where(diag_ok[None, :], g * x, 0.0), axis=0)
+            if STATS:
+                acc_xx += tl.sum(x * x, axis=0)
+        if STATS:
+            acc_gg += tl.sum(g * g, axis=0)
+    width = tl.maximum(n_out, n_in)
+    base = out_ptr + split * 5 * width
+    tl.store(base + cols, acc_gy, mask=out_ok)
+    tl.store(base + width + cols, acc_g, mask=out_ok)
+    tl.store(base + 2 * width + cols, acc_gx, mask=diag_ok)
+    tl.store(base + 3 * width + cols, acc_gg, mask=out_ok)
+    tl.store(base + 4 * width + cols, acc_xx, mask=in_ok)
+
+
+def column_sums_triton(
+    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
+) -> dict[str, torch.Tensor]:
+    """Token sums over 2-D ``grad`` [T, n], ``out`` [T, n], ``x`` [T, m] in one pass (fp32 results).
+
+    Returns ``g_y`` = Σg·out, ``g`` = Σg, ``g_x`` = Σg·x over the first ``n_diag`` columns, and with
+    ``stats`` also ``g_g`` = Σg² and ``x_x`` = Σx². Row splits are summed afterwards (deterministic).
+    """
+    n_rows, n_out = grad.shape
+    n_in = x.shape[1] if x is not None else 0
+    width = max(n_out, n_in)
+    block_cols, block_rows = 64, 32
+    splits = max(1, min(64, triton.cdiv(n_rows, 256)))
+    rows_per_program = triton.cdiv(triton.cdiv(n_rows, splits), block_rows) * block_rows
+    splits = triton.cdiv(n_rows, rows_per_program) if n_rows else 1
+    partial = torch.zeros(splits, 5, width, device=grad.device, dtype=torch.float32)
+    grad = grad.contiguous()
+    y = out.contiguous() if out is not None else grad
+    xs = x.contiguous() if x is not None else grad
+    grid = (triton.cdiv(width, block_cols), splits)
+    _column_sums_kernel[grid](
+        grad,
+        y,
+        xs,
+        partial,
+        n_rows,
+        n_out,
+        n_in,
+        n_diag,
+        grad.stride(0),
+        y.stride(0),
+        xs.stride(0),
+        rows_per_program,
+        HAS_Y=out is not None,
+        HAS_X=x is not None and n_diag > 0,
+        STATS=stats and x is not None,
+        BLOCK_ROWS=block_rows,
+        BLOCK_COLS=block_cols,
+    )
+    total = partial.sum(0)
+    return {
+        "g_y": total[0, :n_out],
+        "g": total[1, :n_out],
+        "g_x": total[2, :n_diag],
+        "g_g": total[3, :n_out],
+        "x_x": total[4, :n_in],
+    }
