@@ -23,10 +23,11 @@ TORCH_VERSIONS = ["2.13.0", "2.14.1"]
 # (peft, transformers) pairs known to work together; transformers 5.x needs peft >= 0.18.
 PEFT_TRANSFORMERS = [("0.18.1", "4.57.6"), ("0.21.2", "5.18.0")]
 DEFAULT_PEFT, DEFAULT_TRANSFORMERS = PEFT_TRANSFORMERS[-1]
-TRITON = "triton==3.9.0"
+# torch 2.14.1 pins triton 3.8.x; the CPU build of 2.13.0 pins none, and triton 3.9.0 interprets correctly there.
+TRITON_FOR_TORCH = {"2.13.0": "triton==3.9.0", "2.14.1": "triton==3.8.0"}
 TEST_TOOLS = ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "numpy", "accelerate>=1.0"]
 # Local wheel folders of this machine image: torch 2.13.0 (CPU build) and 2.14.1 with its CUDA libraries.
-LOCAL_WHEELS = [Path("/opt/wheels"), Path("/opt/pypi-more/files")]
+LOCAL_WHEELS = [Path("/opt/wheels"), Path("/opt/pypi-more/files"), Path("/opt/pypi/files")]
 
 
 def _install(session: nox.Session, *requirements: str) -> None:
@@ -54,7 +55,7 @@ def tests(session: nox.Session) -> None:
         _torch(DEFAULT_TORCH),
         f"peft=={DEFAULT_PEFT}",
         f"transformers=={DEFAULT_TRANSFORMERS}",
-        TRITON,
+        TRITON_FOR_TORCH[DEFAULT_TORCH],
         *TEST_TOOLS,
         *_packages("jora-ops", "jora-core", "jora-peft"),
     )
@@ -71,7 +72,7 @@ def compat(session: nox.Session, package: str, torch: str) -> None:
         "jora-core": ["tests/core"],
         "jora-peft": ["tests/peft", "tests/integration"],
     }
-    base = [_torch(torch), TRITON, *TEST_TOOLS]
+    base = [_torch(torch), TRITON_FOR_TORCH[torch], *TEST_TOOLS]
     if package != "jora-peft":
         _install(session, *base, *_packages(*list(PACKAGES)[: list(PACKAGES).index(package) + 1]))
         session.run("pytest", "-q", *test_dir[package], env={"TRITON_INTERPRET": "1"})

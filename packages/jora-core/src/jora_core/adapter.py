@@ -90,7 +90,7 @@ class JoraAdapter(nn.Module):
 
         self.theta_L = nn.Parameter(torch.zeros(self.S_L, device=device))
         self.theta_R = nn.Parameter(torch.zeros(self.S_R, device=device))
-        self.core: JoraCore = build_core(
+        core = build_core(
             settings.core,
             self.out_features,
             self.in_features,
@@ -101,6 +101,9 @@ class JoraAdapter(nn.Module):
             init_weights=settings.init_weights,
             device=device,
         )
+        core.bind_to(self, "core_")  # flat state-dict keys: core_<param>, core_<param>_init
+        self.core: JoraCore
+        object.__setattr__(self, "core", core)  # a view on this module's tensors, not a submodule
         has_magnitude = settings.magnitude != "none"
         self.mag_logits = (
             nn.Parameter(torch.zeros(self.out_features, device=device)) if has_magnitude else None

@@ -7,6 +7,7 @@ structured offset ``C₀`` (a buffer of the same shapes, never a dense n×m matr
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,6 +63,28 @@ class JoraCore(nn.Module):
 
     def _zero_init(self) -> None:
         """Zero core (overridden by LowRankCore, whose B stays random so both factors learn)."""
+
+    def bind_to(self, owner: nn.Module, prefix: str) -> None:
+        """Hand this core's tensors to ``owner`` as flat attributes ``prefix + name``.
+
+        PEFT saves per-adapter state one module level deep, so the per-adapter module owns the core's
+        parameters and offset buffers directly; the core keeps reading them from ``owner`` (through
+        ``.to()``, ``load_state_dict(assign=True)`` and the like, it always sees the current tensors).
+        """
+        for name, param in list(self._parameters.items()):
+            owner.register_parameter(prefix + name, param)
+            del self._parameters[name]
+        for name, buffer in list(self._buffers.items()):
+            owner.register_buffer(prefix + name, buffer, persistent=True)
+            del self._buffers[name]
+        object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in the module tree
+        object.__setattr__(self, "_prefix", prefix)
+
+    def __getattr__(self, name: str) -> Any:
+        owner = self.__dict__.get("_owner")
+        if owner is not None and name.removesuffix("_init") in type(self).param_names:
+            return getattr(owner, self.__dict__["_prefix"] + name)
+        return super().__getattr__(name)
 
     def params(self) -> tuple[torch.Tensor, ...]:
         """The trainable parameter tuple in :mod:`jora_ops.cores` order."""
