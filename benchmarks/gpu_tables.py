@@ -1,0 +1,330 @@
+"""GPU correctness checks and the PERFORMANCE.md tables, in one process (run through the device tool).
+
+    PYTHONPATH=packages/jora-ops/src:packages/jora-core/src:packages/jora-peft/src \\
+        python benchmarks/gpu_tables.py --out "$OUT"
+
+1. Correctness: the Triton path of the fused diag linear against the torch path (outputs and every
+   gradient, fp32 < 1e-5 and bf16 < 1e-2 relative) on large shapes, and the fp32 output against a float64
+   dense reference.
+2. The layer table: fwd+bwd time and extra peak memory of every method, as ratios to the frozen layer and
+   to LoRA r16, for T ∈ {8192, 32768} and d ∈ {2048, 4096, 8192} (bf16).
+3. The model table: a 1B-parameter Llama config, adapters on q/k/v/o, batch 8 × 1024, AdamW, with the
+   frozen floor measured in the same run.
+4. ``torch.compile`` through JORA layers (graph breaks counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import triton
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from layers import BUILDERS, build, step_fn, trainable
+
+LAYER_METHODS = [
+    "frozen", "lora_r16", "dora_r16", "ia3", "road", "oft_b32", "jora_diag_oer", "jora_diag", "jora_block_oer",
+    "jora_block", "jora_lowrank_oer", "jora_lowrank", "torch_jora_diag_oer",
+]  # fmt: skip
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def correctness(report: dict) -> None:
+    from jora_ops import CoreSpec, jora_linear, rotation_matrix
+
+    cases = [(4096, 2048, 3072, 256), (32768, 4096, 4096, 512), (8192, 8192, 2048, 512)]
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for T, n, m, S in cases:
+            torch.manual_seed(T + n + m)
+            dev = "cuda"
+            d = min(n, m)
+            spec = CoreSpec("diag", n, m)
+            perm_L, perm_R = torch.randperm(n, device=dev), torch.randperm(m, device=dev)
+            a_L, a_R = min(S, n // 2), min(S, m // 2)
+            pairs_L, pairs_R = perm_L[: 2 * a_L].view(a_L, 2), perm_R[: 2 * a_R].view(a_R, 2)
+            base = {
+                "x": torch.randn(T, m, device=dev, dtype=dtype),
+                "weight": (torch.randn(n, m, device=dev) / math.sqrt(m)).to(dtype),
+                "bias": torch.randn(n, device=dev).to(dtype),
+                "theta_L": torch.randn(a_L, device=dev),
+                "theta_R": torch.randn(a_R, device=dev),
+                "diag": torch.randn(d, device=dev) * 0.1,
+                "scale": torch.rand(n, device=dev) + 0.5,
+            }
+            offset = torch.randn(d, device=dev) * 0.1
+            grad = torch.randn(T, n, device=dev, dtype=dtype)
+            outs = {}
+            for impl in ("torch", "triton"):
+                leaves = {k: v.clone().requires_grad_(k != "weight") for k, v in base.items()}
+                stats_in, stats_out = torch.zeros(m, device=dev), torch.zeros(n, device=dev)
+                out = jora_linear(
+                    leaves["x"], leaves["weight"], leaves["bias"], core=spec, core_params=(leaves["diag"],),
+                    core_offset=(offset,), pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R,
+                    theta_R=leaves["theta_R"], scale=leaves["scale"], stats_in=stats_in, stats_out=stats_out,
+                    impl=impl,
+                )  # fmt: skip
+                out.backward(grad)
+                outs[impl] = {"out": out.detach(), "stats_in": stats_in, "stats_out": stats_out}
+                outs[impl].update({f"d_{k}": v.grad for k, v in leaves.items() if v.grad is not None})
+            errors = {k: rel(outs["triton"][k], outs["torch"][k]) for k in outs["torch"]}
+            if dtype == torch.float32 and n == m <= 4096:
+                rot_L = rotation_matrix(pairs_L.cpu(), base["theta_L"].cpu(), n).cuda()
+                rot_R = rotation_matrix(pairs_R.cpu(), base["theta_R"].cpu(), m).cuda()
+                delta = rot_L.T @ torch.diag(base["diag"].double()) @ rot_R - torch.diag(offset.double())
+                dense = base["weight"].double() + delta
+                ref = (base["x"].double() @ dense.T) * base["scale"].double() + base["bias"].double()
+                errors["out_vs_fp64_dense"] = rel(outs["triton"]["out"], ref)
+            limit = 1e-5 if dtype == torch.float32 else 1e-2
+            ok = all(e < limit for e in errors.values())
+            rows.append({"dtype": str(dtype), "T": T, "n": n, "m": m, "S": S, "max_rel": max(errors.values()), "ok": ok,
+                         "errors": errors})  # fmt: skip
+            print(
+                f"correctness {dtype} T={T} n={n} m={m} S={S}: max rel {max(errors.values()):.2e} {'OK' if ok else 'FAIL'}"
+            )
+            del outs, base, grad
+            torch.cuda.empty_cache()
+    report["correctness"] = rows
+
+
+def measure_layer(method: str, T: int, d: int, dtype: torch.dtype) -> dict:
+    layer = build(method, d, d, dtype=dtype, device="cuda")
+    x = torch.randn(T, d, device="cuda", dtype=dtype, requires_grad=True)
+    grad = torch.randn(T, d, device="cuda", dtype=dtype)
+    run = step_fn(layer, x, grad)
+    for _ in range(3):
+        run()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    extra = (torch.cuda.max_memory_allocated() - before) / 2**20
+    ms = triton.testing.do_bench(run, warmup=50, rep=200, return_mode="median")
+    result = {"method": method, "T": T, "d": d, "ms": ms, "extra_mib": extra, "trainable": trainable(layer)}
+    del layer, x, grad, run
+    torch.cuda.empty_cache()
+    return result
+
+
+def layer_table(report: dict, quick: bool) -> None:
+    rows = []
+    configs = (
+        [(8192, 4096)]
+        if quick
+        else [(8192, 2048), (8192, 4096), (8192, 8192), (32768, 2048), (32768, 4096), (32768, 8192)]
+    )
+    for T, d in configs:
+        for method in LAYER_METHODS:
+            try:
+                rows.append(measure_layer(method, T, d, torch.bfloat16))
+            except Exception as err:  # noqa: BLE001  (a peer failing must not hide the others; it is reported)
+                rows.append({"method": method, "T": T, "d": d, "error": f"{type(err).__name__}: {err}"})
+            print("layer", rows[-1], flush=True)
+    report["layers"] = rows
+
+
+def train_step(model: torch.nn.Module, ids: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
+    """One causal-LM training step (the optimizer is absent for the frozen floor)."""
+    model(input_ids=ids, labels=ids).loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def model_table(report: dict) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import jora_peft  # noqa: F401
+    from jora_peft import JoraConfig
+    from peft import LoraConfig, get_peft_model
+
+    config = LlamaConfig(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=32000, max_position_embeddings=1024,
+    )  # fmt: skip
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    methods = {
+        "floor (frozen, input grads)": None,
+        "LoRA r16": LoraConfig(target_modules=targets, r=16, lora_alpha=16),
+        "JORA diag+OER S=32": JoraConfig(target_modules=targets, S_L=32, S_R=32, k=8),
+        "JORA diag S=32 (no magnitude)": JoraConfig(
+            target_modules=targets, S_L=32, S_R=32, k=8, magnitude="none"
+        ),
+    }
+    rows = []
+    for label, peft_config in methods.items():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(device="cuda", dtype=torch.bfloat16)
+        if peft_config is None:
+            model.requires_grad_(False)
+            model.enable_input_require_grads()
+        else:
+            model = get_peft_model(model, peft_config)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+        ids = torch.randint(0, 32000, (8, 1024), device="cuda")
+
+        for _ in range(6):  # JORA: every side is full and frozen after 4 rounds (S=32, k=8)
+            train_step(model, ids, optimizer)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(10):
+            start.record()
+            train_step(model, ids, optimizer)
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        times.sort()
+        rows.append({
+            "method": label, "ms_per_step": times[len(times) // 2], "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "trainable": sum(p.numel() for p in params),
+        })  # fmt: skip
+        print("model", rows[-1], flush=True)
+        del model, optimizer, params
+        torch.cuda.empty_cache()
+    report["model"] = rows
+
+
+def compile_check(report: dict) -> None:
+    import torch._dynamo
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import jora_peft  # noqa: F401
+    from jora_peft import JoraConfig
+    from peft import get_peft_model
+
+    torch._dynamo.reset()
+    config = LlamaConfig(
+        hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000
+    )
+    model = get_peft_model(
+        LlamaForCausalLM(config).cuda(), JoraConfig(target_modules=["q_proj", "v_proj"], S_L=8, S_R=8, k=4)
+    )
+    model.train()
+    ids = torch.randint(0, 1000, (4, 128), device="cuda")
+    explanation = torch._dynamo.explain(model)(input_ids=ids, labels=ids)
+    compiled = torch.compile(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = compiled(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(float(loss))
+    state = model.jora_state()
+    report["compile"] = {
+        "graph_breaks": explanation.graph_break_count,
+        "break_reasons": sorted({str(r.reason)[:200] for r in explanation.break_reasons})[:10],
+        "losses": losses,
+        "steps": sorted({s["step"] for s in state.values()}),
+    }
+    print("compile", report["compile"], flush=True)
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"# GPU results\n\nDate: {report['date']}  \nGPU: {report['gpu']}  \nVersions: {report['versions']}\n"
+    ]
+    if "correctness" in report:
+        lines += [
+            "## Correctness (Triton vs torch, and vs float64 dense)\n",
+            "| dtype | T | n | m | S | max rel. error | ok |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['dtype']} | {r['T']} | {r['n']} | {r['m']} | {r['S']} | {r['max_rel']:.2e} | {r['ok']} |"
+            for r in report["correctness"]
+        ]
+    if "layers" in report:
+        lines += [
+            "\n## Layer: fwd+bwd, bf16, Linear(d, d)\n",
+            "| T | d | method | trainable | ms | × frozen | × LoRA r16 | extra peak MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in report["layers"]:
+            if "error" in r:
+                lines.append(f"| {r['T']} | {r['d']} | {r['method']} | – | error: {r['error'][:80]} | | | |")
+                continue
+            ref = {
+                x["method"]: x
+                for x in report["layers"]
+                if x["T"] == r["T"] and x["d"] == r["d"] and "ms" in x
+            }
+            frozen, lora = ref.get("frozen"), ref.get("lora_r16")
+            lines.append(
+                f"| {r['T']} | {r['d']} | {r['method']} | {r['trainable']:,} | {r['ms']:.3f} | "
+                f"{r['ms'] / frozen['ms']:.2f} | {r['ms'] / lora['ms']:.2f} | {r['extra_mib']:.0f} |"
+            )
+    if "model" in report:
+        lines += [
+            "\n## Model: Llama 1B config, q/k/v/o, batch 8 × 1024, bf16, AdamW\n",
+            "| method | ms/step | peak GiB | trainable |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['ms_per_step']:.1f} | {r['peak_gib']:.2f} | {r['trainable']:,} |"
+            for r in report["model"]
+        ]
+    if "compile" in report:
+        lines += ["\n## torch.compile\n", f"```\n{json.dumps(report['compile'], indent=1)}\n```"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sections", default="correctness,layers,model,compile")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    import transformers
+
+    import peft
+
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "gpu": torch.cuda.get_device_name(),
+        "versions": f"torch {torch.__version__}, triton {triton.__version__}, peft {peft.__version__}, transformers {transformers.__version__}",
+    }
+    sections = {
+        "correctness": correctness,
+        "layers": lambda r: layer_table(r, args.quick),
+        "model": model_table,
+        "compile": compile_check,
+    }
+    for name in args.sections.split(","):
+        start = time.perf_counter()
+        try:
+            sections[name](report)
+        except Exception:  # noqa: BLE001  (report and keep going: one device call must return every section)
+            report[f"{name}_error"] = traceback.format_exc()
+            print(report[f"{name}_error"], flush=True)
+        print(f"section {name} took {time.perf_counter() - start:.0f} s", flush=True)
+        (args.out / "gpu_results.json").write_text(json.dumps(report, indent=1, default=str))
+        (args.out / "gpu_results.md").write_text(markdown(report))
+    print(markdown(report))
+    assert set(BUILDERS) >= set(LAYER_METHODS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
