@@ -4,101 +4,63 @@ For the ``diag`` core, ``ΔW = R_Lᵀ diag(c) R_R − diag(c₀)`` has at most 4
 Writing a side's rotation as per-coordinate tables — ``(R v)_k = cos_k v_k + sin_k v_{partner_k}`` — row
 ``k`` of ``ΔW`` is, with ``q = partner_L(k)`` and ``c`` zero-padded beyond ``d = min(n, m)``:
 
-- column ``k``:             ``c_k cos_L,k cos_R,k − c₀_k``
-- column ``partner_R(k)``:  ``c_k cos_L,k sin_R,k``
-- column ``q``:             ``−sin_L,k c_q cos_R,q``
-- column ``partner_R(q)``:  ``−sin_L,k c_q sin_R,q``
+- ``e1`` at column ``k``:             ``c_k cos_L,k cos_R,k − c₀_k``
+- ``e2`` at column ``partner_R(k)``:  ``c_k cos_L,k sin_R,k``
+- ``e3`` at column ``q``:             ``−sin_L,k c_q cos_R,q``
+- ``e4`` at column ``partner_R(q)``:  ``−sin_L,k c_q sin_R,q``
 
-so the folded weight costs one pass over ``W`` plus O(n + m) work, and the forward is one matmul: the cost
-of the frozen layer. In backward, ``∂L/∂x = g W_eff`` (the frozen layer's matmul again, with ``W_eff``
-recomputed rather than saved) and the parameter gradients need only token sums: ``∂L/∂ΔW`` at the 4n
-entries above is the diagonal sum ``Σ_t (g ⊙ s)_k x_k`` plus sums over the few columns that rotations
-touch; autograd over the tiny graph from (θ, c) to the entries finishes the job exactly. Inactive entries
-(untouched coordinates) have values that do not depend on any parameter, so their upstream gradient is
-irrelevant and set to 0.
+The forward folds these into the weight (one pass over ``W`` plus O(n + m) work) and runs one matmul: the
+cost of the frozen layer. The backward reuses the folded weight for ``∂L/∂x = g W_eff`` and gets every
+parameter gradient from token sums: ``∂L/∂e`` is ``Σ_t (g ⊙ s)_row x_col`` at each entry — the diagonal
+sum for ``e1`` and sums over the few columns touched by rotations for ``e2``–``e4`` (the others do not
+depend on any parameter) — followed by closed-form chain rules through the tables (``partner_L`` is an
+involution, so "the row whose partner is k" is ``partner_L(k)``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["column_sums_torch", "diag_fold_backward", "diag_fold_forward"]
-
-Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-Entries = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+__all__ = ["DiagFold", "column_sums_torch", "diag_fold_backward", "diag_fold_forward"]
 
 
-def _side_tables(pairs: torch.Tensor, theta: torch.Tensor, rotation_param: str, size: int) -> Tables:
-    """``(partner, cos, sin)`` of length ``size`` with ``(R v)_k = cos_k v_k + sin_k v_{partner_k}``."""
-    cos, sin = rotation_cos_sin(theta, rotation_param)
-    partner = torch.arange(size, device=theta.device)
-    cos_full = torch.ones(size, dtype=cos.dtype, device=theta.device)
-    sin_full = torch.zeros(size, dtype=sin.dtype, device=theta.device)
+@dataclass
+class DiagFold:
+    """What the forward keeps for the backward: the folded weight and the rotation tables (O(n + m))."""
+
+    folded: torch.Tensor
+    partner_L: torch.Tensor
+    cos_L: torch.Tensor
+    sin_L: torch.Tensor
+    partner_R: torch.Tensor
+    cos_R: torch.Tensor
+    sin_R: torch.Tensor
+
+
+def _side_tables(
+    pairs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(partner, cos_full, sin_full)`` of length ``size``: ``(R v)_k = cos_k v_k + sin_k v_{partner_k}``."""
+    partner = torch.arange(size, device=cos.device)
+    cos_full = torch.ones(size, dtype=dtype, device=cos.device)
+    sin_full = torch.zeros(size, dtype=dtype, device=cos.device)
     if pairs.shape[0]:
         i, j = pairs[:, 0].long(), pairs[:, 1].long()
-        partner = partner.index_copy(0, i, j).index_copy(0, j, i)
-        cos_full = cos_full.index_copy(0, i, cos).index_copy(0, j, cos)
-        sin_full = sin_full.index_copy(0, i, sin).index_copy(0, j, -sin)
+        both = torch.cat([i, j])
+        partner[both] = torch.cat([j, i])
+        cos_full[both] = cos.to(dtype).repeat(2)
+        sin_full[both] = torch.cat([sin, -sin]).to(dtype)
     return partner, cos_full, sin_full
 
 
-def _padded(vec: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+def _padded(vec: torch.Tensor | None, size: int, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    if vec is None:
+        return torch.zeros(size, dtype=dtype, device=like.device)
     return torch.nn.functional.pad(vec.to(dtype), (0, size - vec.shape[0]))
-
-
-def _entries(
-    n: int,
-    m: int,
-    diag: torch.Tensor,
-    diag_offset: torch.Tensor | None,
-    tables_L: Tables,
-    tables_R: Tables,
-    dtype: torch.dtype,
-) -> Entries:
-    """The ``4n`` COO entries ``(rows, cols, values)`` of ``ΔW`` in the logical ``[n, m]`` layout.
-
-    Entries that are identically zero may carry a clamped column index. Values are computed in ``dtype``.
-    """
-    size = max(n, m)
-    partner_L, cos_L, sin_L = tables_L
-    partner_R, cos_R, sin_R = tables_R
-    cos_L, sin_L, cos_R, sin_R = (t.to(dtype) for t in (cos_L, sin_L, cos_R, sin_R))
-    c = _padded(diag, size, dtype)
-    c0 = _padded(diag_offset, size, dtype) if diag_offset is not None else torch.zeros_like(c)
-    k = torch.arange(n, device=diag.device)
-    q = partner_L[:n]
-    values = torch.cat(
-        [
-            c[:n] * cos_L[:n] * cos_R[:n] - c0[:n],
-            c[:n] * cos_L[:n] * sin_R[:n],
-            -sin_L[:n] * c[q] * cos_R[q],
-            -sin_L[:n] * c[q] * sin_R[q],
-        ]
-    )
-    cols = torch.cat([k, partner_R[:n], q, partner_R[q]]).clamp(max=m - 1)
-    return k.repeat(4), cols, values
-
-
-def _fold(weight: torch.Tensor, layout: str, scale: torch.Tensor | None, entries: Entries) -> torch.Tensor:
-    """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype: one pass over ``W`` plus a 4n-entry scatter."""
-    rows, cols, values = entries
-    if scale is None:
-        folded = weight.clone()
-    else:
-        s = scale.to(weight.dtype)
-        folded = weight * (s[:, None] if layout == "linear" else s[None, :])
-        values = values * scale.to(values.dtype)[rows]
-    index = (rows, cols) if layout == "linear" else (cols, rows)
-    return folded.index_put_(index, values.to(weight.dtype), accumulate=True)
-
-
-def _matmul(x: torch.Tensor, folded: torch.Tensor, layout: str, bias: torch.Tensor | None) -> torch.Tensor:
-    if layout == "linear":
-        return torch.nn.functional.linear(x, folded, bias)
-    out = x @ folded
-    return out + bias if bias is not None else out
 
 
 def diag_fold_forward(
@@ -114,20 +76,38 @@ def diag_fold_forward(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, DiagFold]:
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
     n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size = max(n, m)
-    entries = _entries(
-        n,
-        m,
-        diag,
-        diag_offset,
-        _side_tables(pairs_L, theta_L, rotation_param, size),
-        _side_tables(pairs_R, theta_R, rotation_param, size),
-        torch.promote_types(weight.dtype, torch.float32),
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    partner_L, cos_L, sin_L = _side_tables(pairs_L, *rotation_cos_sin(theta_L, rotation_param), size, dtype)
+    partner_R, cos_R, sin_R = _side_tables(pairs_R, *rotation_cos_sin(theta_R, rotation_param), size, dtype)
+    c = _padded(diag, size, dtype, weight)
+    c0 = _padded(diag_offset, size, dtype, weight)
+    q = partner_L[:n]
+    c_cos_L = c[:n] * cos_L[:n]
+    sin_L_c_q = sin_L[:n] * c[q]
+    values = torch.cat(
+        [c_cos_L * cos_R[:n] - c0[:n], c_cos_L * sin_R[:n], -sin_L_c_q * cos_R[q], -sin_L_c_q * sin_R[q]]
     )
-    return _matmul(x, _fold(weight, layout, scale, entries), layout, bias)
+    rows = torch.arange(n, device=weight.device).repeat(4)
+    cols = torch.cat([rows[:n], partner_R[:n], q, partner_R[q]]).clamp(max=m - 1)  # zero entries may clamp
+    if scale is None:
+        folded = weight.clone()
+    else:
+        s = scale.to(weight.dtype)
+        folded = weight * (s[:, None] if layout == "linear" else s[None, :])
+        values = values * scale.to(dtype).repeat(4)
+    index = (rows, cols) if layout == "linear" else (cols, rows)
+    folded.index_put_(index, values.to(weight.dtype), accumulate=True)
+    out = torch.nn.functional.linear(x, folded, bias) if layout == "linear" else _conv1d(x, folded, bias)
+    return out, DiagFold(folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R)
+
+
+def _conv1d(x: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    out = x @ folded
+    return out + bias if bias is not None else out
 
 
 def _token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -151,16 +131,36 @@ def column_sums_torch(
     }
 
 
+def _theta_grad(
+    pairs: torch.Tensor,
+    theta: torch.Tensor,
+    grad_cos_full: torch.Tensor,
+    grad_sin_full: torch.Tensor,
+    rotation_param: str,
+) -> torch.Tensor:
+    """Chain rule from the tables to θ: ``cos_full[i] = cos_full[j] = cos φ``, ``sin_full[i] = −sin_full[j]``."""
+    if pairs.shape[0] == 0:
+        return torch.zeros_like(theta)
+    i, j = pairs[:, 0].long(), pairs[:, 1].long()
+    grad_cos = grad_cos_full[i] + grad_cos_full[j]
+    grad_sin = grad_sin_full[i] - grad_sin_full[j]
+    cos, sin = rotation_cos_sin(theta, rotation_param)
+    grad_phi = cos * grad_sin - sin * grad_cos
+    if rotation_param == "cayley":
+        t = theta.to(cos.dtype)
+        grad_phi = grad_phi / (1.0 + 0.25 * t * t)  # dφ/dθ for φ = 2·atan(θ/2)
+    return grad_phi.to(theta.dtype)
+
+
 def diag_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     out: torch.Tensor | None,
-    weight: torch.Tensor,
+    fold: DiagFold,
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
     diag: torch.Tensor,
-    diag_offset: torch.Tensor | None,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
@@ -171,45 +171,31 @@ def diag_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients for ``x``, ``theta_L``, ``theta_R``, ``diag``, ``scale`` and ``bias`` of
-    :func:`diag_fold_forward`, and the selection statistics (token means of ``x²`` and ``g²``).
+    """Gradients of :func:`diag_fold_forward` for ``x``, ``bias``, ``scale``, ``diag``, ``theta_L`` and
+    ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²`` added to the buffers).
 
-    ``out`` is the forward's output (needed with a scale: ``h = (y − b)/s``). All full-size token sums come
-    from one pass over ``g``, ``y`` and ``x`` (a Triton kernel with ``use_triton``, torch ops otherwise).
+    All full-size token sums come from one pass over ``g``, ``y`` and ``x`` (a Triton kernel with
+    ``use_triton``, torch ops otherwise); ``out`` (the forward's output) gives ``h = (y − b)/s``.
     """
-    n, m = weight.shape if layout == "linear" else weight.shape[::-1]
+    n, m = grad_out.shape[-1], x.shape[-1]
     size, d = max(n, m), min(n, m)
-    compute_dtype = torch.promote_types(weight.dtype, torch.float32)
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("x", "theta_L", "theta_R", "diag", "scale", "bias")
+        ("x", "bias", "scale", "diag", "theta_L", "theta_R")
     )
-
-    leaves = {"theta_L": theta_L, "theta_R": theta_R, "diag": diag}
-    with torch.enable_grad():
-        inputs = {k: v.detach().requires_grad_(needs[k]) for k, v in leaves.items()}
-        tables_L = _side_tables(pairs_L, inputs["theta_L"], rotation_param, size)
-        tables_R = _side_tables(pairs_R, inputs["theta_R"], rotation_param, size)
-        entries = _entries(n, m, inputs["diag"], diag_offset, tables_L, tables_R, compute_dtype)
     if needs["x"]:
-        with torch.no_grad():
-            folded = _fold(weight, layout, scale, (entries[0], entries[1], entries[2].detach()))
-            grad_x = grad_out @ folded if layout == "linear" else grad_out @ folded.T
-        grads["x"] = grad_x.to(x.dtype)
+        grads["x"] = (grad_out @ fold.folded if layout == "linear" else grad_out @ fold.folded.T).to(x.dtype)
 
-    wanted = [k for k in leaves if needs[k]]
     g_raw, x_raw = grad_out.reshape(-1, n), x.reshape(-1, m)
+    params_wanted = needs["diag"] or needs["theta_L"] or needs["theta_R"]
     stats = stats_in is not None or stats_out is not None
     need_y = scale is not None and needs["scale"]
+    y_raw = out.reshape(-1, n) if need_y and out is not None else None
     if use_triton:
         from jora_ops.triton_kernels import column_sums_triton
 
-        sums = column_sums_triton(
-            g_raw, out.reshape(-1, n) if need_y else None, x_raw if wanted else None, d, stats
-        )
+        sums = column_sums_triton(g_raw, y_raw, x_raw if params_wanted or stats else None, d, stats)
     else:
-        sums = column_sums_torch(
-            g_raw, out.reshape(-1, n) if need_y else None, x_raw if wanted or stats else None, d, stats
-        )
+        sums = column_sums_torch(g_raw, y_raw, x_raw if params_wanted or stats else None, d, stats)
     tokens = max(g_raw.shape[0], 1)
     if stats_out is not None:
         stats_out.add_(sums["g_g"] / tokens)
@@ -222,34 +208,43 @@ def diag_fold_backward(
         if bias is not None:
             weighted = weighted - bias.to(weighted.dtype) * sums["g"]
         grads["scale"] = (weighted / scale).to(scale.dtype)
-
-    if not wanted:
+    if not params_wanted:
         return grads
-    g = g_raw.to(compute_dtype)
-    s = scale.to(compute_dtype) if scale is not None else torch.ones(n, dtype=compute_dtype, device=g.device)
-    xs = x_raw.to(compute_dtype)
-    partner_L, partner_R = tables_L[0], tables_R[0]
 
-    # Touched rows: R-pair coordinates (entry 2) and L-pair coordinates (entries 3 and 4). One gather of g
-    # and one of x serve all three groups; rows whose entry is identically zero are masked out.
+    dtype = fold.cos_L.dtype
+    s = scale.to(dtype) if scale is not None else torch.ones(n, dtype=dtype, device=x.device)
+    # Upstream gradients of the entries: G1 (all rows, the diagonal sum) and G2-G4 (rotation-touched rows;
+    # elsewhere the entries are constant). One gather of g and one of x serve the three touched groups.
     rows_R = pairs_R.flatten().long()
     rows_L = pairs_L.flatten().long()
-    q = partner_L[rows_L]
+    q_L = fold.partner_L[rows_L]
     rows = torch.cat([rows_R, rows_L, rows_L])
-    cols = torch.cat([partner_R[rows_R], q, partner_R[q]]).clamp(max=m - 1)
-    valid = torch.cat([rows_R < d, q < d, q < d])
+    cols = torch.cat([fold.partner_R[rows_R], q_L, fold.partner_R[q_L]]).clamp(max=m - 1)
+    valid = torch.cat([rows_R < d, q_L < d, q_L < d])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    touched = _token_sums(g.index_select(1, safe_rows) * s[safe_rows], xs.index_select(1, cols))
-    target = torch.where(valid, rows, n)  # masked rows land in a scratch slot
-    group = torch.cat([torch.full_like(rows_R, 1), torch.full_like(rows_L, 2), torch.full_like(rows_L, 3)])
-    upstream = torch.zeros(4, n + 1, dtype=compute_dtype, device=g.device)
-    upstream.index_put_((group, target), touched)
-    upstream[0, :d] = sums["g_x"].to(compute_dtype) * s[:d]
-    upstream = upstream[:, :n].reshape(-1)
-    results = torch.autograd.grad(
-        entries[2], [inputs[k] for k in wanted], upstream.to(entries[2].dtype), allow_unused=True
+    touched = _token_sums(
+        g_raw.index_select(1, safe_rows).to(dtype) * s[safe_rows], x_raw.index_select(1, cols).to(dtype)
     )
-    for key, value in zip(wanted, results, strict=True):
-        leaf = leaves[key]
-        grads[key] = (value if value is not None else torch.zeros_like(leaf)).to(leaf.dtype)
+    group = torch.cat([torch.full_like(rows_R, 0), torch.full_like(rows_L, 1), torch.full_like(rows_L, 2)])
+    upstream = torch.zeros(3, n + 1, dtype=dtype, device=x.device)
+    upstream.index_put_((group, torch.where(valid, rows, n)), touched)  # masked rows land in a scratch slot
+    G2, G3, G4 = upstream[:, :n].unbind(0)
+    G1 = torch.nn.functional.pad(sums["g_x"].to(dtype) * s[:d], (0, n - d))
+
+    # Closed-form chain rule through the tables (vectors of length n; c is zero beyond d).
+    c = _padded(diag, size, dtype, x)[:n]
+    cos_L, sin_L, cos_R, sin_R = fold.cos_L[:n], fold.sin_L[:n], fold.cos_R[:n], fold.sin_R[:n]
+    q = fold.partner_L[:n]
+    own = G1 * cos_R + G2 * sin_R
+    a_coef, b_coef = G3 * sin_L, G4 * sin_L
+    if needs["diag"]:
+        grads["diag"] = (cos_L * own - (a_coef[q] * cos_R + b_coef[q] * sin_R))[:d].to(diag.dtype)
+    if needs["theta_L"]:
+        grad_cos_L = c * own
+        grad_sin_L = -c[q] * (G3 * cos_R[q] + G4 * sin_R[q])
+        grads["theta_L"] = _theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param)
+    if needs["theta_R"]:
+        grad_cos_R = torch.nn.functional.pad(c * (G1 * cos_L - a_coef[q]), (0, size - n))
+        grad_sin_R = torch.nn.functional.pad(c * (G2 * cos_L - b_coef[q]), (0, size - n))
+        grads["theta_R"] = _theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param)
     return grads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
@@ -10,11 +9,12 @@ import torch
 
 from jora_ops.rotation import IMPLS
 
+_TRITON_FOUND = importlib.util.find_spec("triton") is not None  # once, at import: cheap to trace with dynamo
 
-@functools.cache
+
 def triton_available() -> bool:
     """True when the ``triton`` package can be imported."""
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_FOUND
 
 
 def triton_interpreting() -> bool:

@@ -117,7 +117,7 @@ class _JoraLinearFunction(torch.autograd.Function):
         ctx.use_fold = static.core.kind == "diag" and weight is not None
         if ctx.use_fold:
             assert weight is not None
-            out = diag_fold_forward(
+            out, ctx.fold = diag_fold_forward(
                 x, weight, bias, static.weight_layout, scale, params[0], offset[0] if offset else None,
                 static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param,
             )  # fmt: skip
@@ -155,7 +155,7 @@ class _JoraLinearFunction(torch.autograd.Function):
         needs = ctx.needs_input_grad
         if ctx.use_fold:
             return _JoraLinearFunction._fold_backward(
-                ctx, grad_out, x, weight, bias, theta_R, theta_L, scale, out, core_tensors
+                ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
             )
         grad = grad_out.to(_compute_dtype(grad_out))
         if static.stats_out is not None:
@@ -234,7 +234,6 @@ class _JoraLinearFunction(torch.autograd.Function):
         ctx: Any,
         grad_out: torch.Tensor,
         x: torch.Tensor,
-        weight: torch.Tensor,
         bias: torch.Tensor | None,
         theta_R: torch.Tensor,
         theta_L: torch.Tensor,
@@ -245,9 +244,8 @@ class _JoraLinearFunction(torch.autograd.Function):
         static: _Static = ctx.static
         needs = ctx.needs_input_grad
         grads = diag_fold_backward(
-            grad_out, x, out, weight, bias, static.weight_layout, scale, core_tensors[0],
-            core_tensors[1] if static.has_offset else None, static.pairs_L, theta_L, static.pairs_R, theta_R,
-            static.rotation_param,
+            grad_out, x, out, ctx.fold, bias, static.weight_layout, scale, core_tensors[0], static.pairs_L,
+            theta_L, static.pairs_R, theta_R, static.rotation_param,
             needs={"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
                    "diag": needs[8]},
             stats_in=static.stats_in, stats_out=static.stats_out, use_triton=static.use_triton,
