@@ -23,6 +23,7 @@ from torch import nn
 from jora_core.cores import JoraCore, build_core
 from jora_core.layers import get_in_out_features, weight_layout
 from jora_core.settings import JoraSettings
+from jora_ops._compile import compile_enabled, run
 from jora_ops.fused import jora_delta, jora_linear
 from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
 from jora_ops.selection import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
@@ -221,13 +222,16 @@ class JoraAdapter(nn.Module):
         s = self.settings
         if self.mag_logits is None:
             return torch.ones(self.out_features, device=self.row_norms.device)
+        compiled = compile_enabled(self.mag_logits)
         if s.magnitude == "oer_softmax":
-            return compute_oer_scale_softmax(
-                self.row_norms, self.total_energy, self.mag_logits, self.temperature, s.eps
-            )
-        return compute_ecd_scale(
-            self.row_norms, self.total_energy, self.mag_logits, s.ecd_alpha, self.temperature, s.eps
-        )
+            return run(
+                compute_oer_scale_softmax, compiled, self.row_norms, self.total_energy, self.mag_logits,
+                self.temperature, s.eps,
+            )  # fmt: skip
+        return run(
+            compute_ecd_scale, compiled, self.row_norms, self.total_energy, self.mag_logits, s.ecd_alpha,
+            self.temperature, s.eps,
+        )  # fmt: skip
 
     def _side_args(self) -> dict[str, torch.Tensor]:
         a_L, a_R = self._active["L"], self._active["R"]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jora_ops._compile import compile_enabled, run
 from jora_ops.rotation import rotation_cos_sin
 
 __all__ = ["DiagFold", "column_sums_torch", "diag_fold_backward", "diag_fold_forward"]
@@ -63,11 +64,8 @@ def _padded(vec: torch.Tensor | None, size: int, dtype: torch.dtype, like: torch
     return torch.nn.functional.pad(vec.to(dtype), (0, size - vec.shape[0]))
 
 
-def diag_fold_forward(
-    x: torch.Tensor,
+def _fold(
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    layout: str,
     scale: torch.Tensor | None,
     diag: torch.Tensor,
     diag_offset: torch.Tensor | None,
@@ -75,9 +73,11 @@ def diag_fold_forward(
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
+    layout: str,
     rotation_param: str,
-) -> tuple[torch.Tensor, DiagFold]:
-    """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
+) -> tuple[torch.Tensor, ...]:
+    """The folded weight ``diag(s)(W + ΔW)`` and the six rotation tables (a pure function: on CUDA it is
+    compiled into a few fused kernels)."""
     n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size = max(n, m)
     dtype = torch.promote_types(weight.dtype, torch.float32)
@@ -100,9 +100,37 @@ def diag_fold_forward(
         folded = weight * (s[:, None] if layout == "linear" else s[None, :])
         values = values * scale.to(dtype).repeat(4)
     index = (rows, cols) if layout == "linear" else (cols, rows)
-    folded.index_put_(index, values.to(weight.dtype), accumulate=True)
-    out = torch.nn.functional.linear(x, folded, bias) if layout == "linear" else _conv1d(x, folded, bias)
-    return out, DiagFold(folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R)
+    folded = folded.index_put(index, values.to(weight.dtype), accumulate=True)
+    return folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R
+
+
+def diag_fold_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    layout: str,
+    scale: torch.Tensor | None,
+    diag: torch.Tensor,
+    diag_offset: torch.Tensor | None,
+    pairs_L: torch.Tensor,
+    theta_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    theta_R: torch.Tensor,
+    rotation_param: str,
+) -> tuple[torch.Tensor, DiagFold]:
+    """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
+    fold = DiagFold(
+        *run(
+            _fold, compile_enabled(x), weight, scale, diag, diag_offset, pairs_L, theta_L, pairs_R, theta_R,
+            layout, rotation_param,
+        )
+    )  # fmt: skip
+    out = (
+        torch.nn.functional.linear(x, fold.folded, bias)
+        if layout == "linear"
+        else _conv1d(x, fold.folded, bias)
+    )
+    return out, fold
 
 
 def _conv1d(x: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -152,6 +180,66 @@ def _theta_grad(
     return grad_phi.to(theta.dtype)
 
 
+def _param_grads(
+    g_raw: torch.Tensor,
+    x_raw: torch.Tensor,
+    diag_sums: torch.Tensor,
+    scale: torch.Tensor | None,
+    diag: torch.Tensor,
+    pairs_L: torch.Tensor,
+    theta_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    theta_R: torch.Tensor,
+    partner_L: torch.Tensor,
+    cos_L_full: torch.Tensor,
+    sin_L_full: torch.Tensor,
+    partner_R: torch.Tensor,
+    cos_R_full: torch.Tensor,
+    sin_R_full: torch.Tensor,
+    rotation_param: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``diag``, ``theta_L`` and ``theta_R`` (a pure function: compiled on CUDA).
+
+    ``diag_sums`` is ``Σ_t g_k x_k`` for ``k < d`` (from the column-sum pass).
+    """
+    n, m = g_raw.shape[1], x_raw.shape[1]
+    size, d = max(n, m), min(n, m)
+    dtype = cos_L_full.dtype
+    s = scale.to(dtype) if scale is not None else torch.ones(n, dtype=dtype, device=x_raw.device)
+    # Upstream gradients of the entries: G1 (all rows, the diagonal sum) and G2-G4 (rotation-touched rows;
+    # elsewhere the entries are constant). One gather of g and one of x serve the three touched groups.
+    rows_R = pairs_R.flatten().long()
+    rows_L = pairs_L.flatten().long()
+    q_L = partner_L[rows_L]
+    rows = torch.cat([rows_R, rows_L, rows_L])
+    cols = torch.cat([partner_R[rows_R], q_L, partner_R[q_L]]).clamp(max=m - 1)
+    valid = torch.cat([rows_R < d, q_L < d, q_L < d])
+    safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
+    touched = _token_sums(
+        g_raw.index_select(1, safe_rows).to(dtype) * s[safe_rows], x_raw.index_select(1, cols).to(dtype)
+    )
+    group = torch.cat([torch.full_like(rows_R, 0), torch.full_like(rows_L, 1), torch.full_like(rows_L, 2)])
+    upstream = torch.zeros(3, n + 1, dtype=dtype, device=x_raw.device)
+    upstream = upstream.index_put((group, torch.where(valid, rows, n)), touched)  # masked rows: scratch slot
+    G2, G3, G4 = upstream[:, :n].unbind(0)
+    G1 = torch.nn.functional.pad(diag_sums.to(dtype) * s[:d], (0, n - d))
+
+    # Closed-form chain rule through the tables (vectors of length n; c is zero beyond d).
+    c = _padded(diag, size, dtype, x_raw)[:n]
+    cos_L, sin_L, cos_R, sin_R = cos_L_full[:n], sin_L_full[:n], cos_R_full[:n], sin_R_full[:n]
+    q = partner_L[:n]
+    own = G1 * cos_R + G2 * sin_R
+    a_coef, b_coef = G3 * sin_L, G4 * sin_L
+    grad_diag = (cos_L * own - (a_coef[q] * cos_R + b_coef[q] * sin_R))[:d].to(diag.dtype)
+    grad_cos_L = c * own
+    grad_sin_L = -c[q] * (G3 * cos_R[q] + G4 * sin_R[q])
+    grad_theta_L = _theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param)
+    grad_cos_R = torch.nn.functional.pad(c * (G1 * cos_L - a_coef[q]), (0, size - n))
+    grad_sin_R = torch.nn.functional.pad(c * (G2 * cos_L - b_coef[q]), (0, size - n))
+    grad_theta_R = _theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param)
+    return grad_diag, grad_theta_L, grad_theta_R
+
+
 def diag_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -178,7 +266,7 @@ def diag_fold_backward(
     ``use_triton``, torch ops otherwise); ``out`` (the forward's output) gives ``h = (y − b)/s``.
     """
     n, m = grad_out.shape[-1], x.shape[-1]
-    size, d = max(n, m), min(n, m)
+    d = min(n, m)
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(
         ("x", "bias", "scale", "diag", "theta_L", "theta_R")
     )
@@ -211,40 +299,8 @@ def diag_fold_backward(
     if not params_wanted:
         return grads
 
-    dtype = fold.cos_L.dtype
-    s = scale.to(dtype) if scale is not None else torch.ones(n, dtype=dtype, device=x.device)
-    # Upstream gradients of the entries: G1 (all rows, the diagonal sum) and G2-G4 (rotation-touched rows;
-    # elsewhere the entries are constant). One gather of g and one of x serve the three touched groups.
-    rows_R = pairs_R.flatten().long()
-    rows_L = pairs_L.flatten().long()
-    q_L = fold.partner_L[rows_L]
-    rows = torch.cat([rows_R, rows_L, rows_L])
-    cols = torch.cat([fold.partner_R[rows_R], q_L, fold.partner_R[q_L]]).clamp(max=m - 1)
-    valid = torch.cat([rows_R < d, q_L < d, q_L < d])
-    safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    touched = _token_sums(
-        g_raw.index_select(1, safe_rows).to(dtype) * s[safe_rows], x_raw.index_select(1, cols).to(dtype)
-    )
-    group = torch.cat([torch.full_like(rows_R, 0), torch.full_like(rows_L, 1), torch.full_like(rows_L, 2)])
-    upstream = torch.zeros(3, n + 1, dtype=dtype, device=x.device)
-    upstream.index_put_((group, torch.where(valid, rows, n)), touched)  # masked rows land in a scratch slot
-    G2, G3, G4 = upstream[:, :n].unbind(0)
-    G1 = torch.nn.functional.pad(sums["g_x"].to(dtype) * s[:d], (0, n - d))
-
-    # Closed-form chain rule through the tables (vectors of length n; c is zero beyond d).
-    c = _padded(diag, size, dtype, x)[:n]
-    cos_L, sin_L, cos_R, sin_R = fold.cos_L[:n], fold.sin_L[:n], fold.cos_R[:n], fold.sin_R[:n]
-    q = fold.partner_L[:n]
-    own = G1 * cos_R + G2 * sin_R
-    a_coef, b_coef = G3 * sin_L, G4 * sin_L
-    if needs["diag"]:
-        grads["diag"] = (cos_L * own - (a_coef[q] * cos_R + b_coef[q] * sin_R))[:d].to(diag.dtype)
-    if needs["theta_L"]:
-        grad_cos_L = c * own
-        grad_sin_L = -c[q] * (G3 * cos_R[q] + G4 * sin_R[q])
-        grads["theta_L"] = _theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param)
-    if needs["theta_R"]:
-        grad_cos_R = torch.nn.functional.pad(c * (G1 * cos_L - a_coef[q]), (0, size - n))
-        grad_sin_R = torch.nn.functional.pad(c * (G2 * cos_L - b_coef[q]), (0, size - n))
-        grads["theta_R"] = _theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param)
+    grads["diag"], grads["theta_L"], grads["theta_R"] = run(
+        _param_grads, compile_enabled(x), g_raw, x_raw, sums["g_x"], scale, diag, pairs_L, theta_L, pairs_R,
+        theta_R, fold.partner_L, fold.cos_L, fold.sin_L, fold.partner_R, fold.cos_R, fold.sin_R, rotation_param,
+    )  # fmt: skip
     return grads
