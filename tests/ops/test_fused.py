@@ -319,3 +319,31 @@ def test_triton_is_refused_where_it_has_no_kernel(monkeypatch: pytest.MonkeyPatc
     case = make_case("block", 6, 5, seed=9, dtype=torch.float32)
     with pytest.raises(NotImplementedError, match="core='block'"):
         jora_linear(torch.randn(2, 5), case.weight, impl="triton", **case.kwargs())
+
+
+@pytest.mark.parametrize("kind", ["oer_softmax", "ecd_tanh"])
+@pytest.mark.parametrize("core_kind", ["diag", "lowrank"])
+def test_inner_magnitude_matches_an_explicit_scale_and_passes_gradcheck(kind: str, core_kind: str) -> None:
+    from jora_ops import Magnitude, compute_scale
+
+    case = make_case(core_kind, 7, 5, seed=21, with_scale=False)
+    nu = case.weight.norm(dim=1)
+    nu[3] = 0.0  # an excluded row
+    logits = torch.randn(7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+
+    def inner(x, logits):
+        magnitude = Magnitude(kind, logits, nu, (nu**2).sum(), 0.7, 1e-8, 0.4)
+        return jora_linear(x, case.weight, case.bias, magnitude=magnitude, **case.kwargs())
+
+    def explicit(x, logits):
+        s = compute_scale(kind, nu, (nu**2).sum(), logits, 0.7, 1e-8, 0.4)
+        return jora_linear(x, case.weight, case.bias, **(case.kwargs() | {"scale": s}))
+
+    torch.testing.assert_close(inner(x, logits), explicit(x, logits))
+    assert torch.autograd.gradcheck(inner, (x, logits))
+    with pytest.raises(ValueError, match="at most one of scale and magnitude"):
+        jora_linear(
+            x, case.weight, scale=torch.ones(7, dtype=torch.float64),
+            magnitude=Magnitude(kind, logits, nu, 1.0, 1.0), **{k: v for k, v in case.kwargs().items() if k != "scale"},
+        )  # fmt: skip

@@ -24,7 +24,7 @@ from jora_core.cores import JoraCore, build_core
 from jora_core.layers import get_in_out_features, weight_layout
 from jora_core.settings import JoraSettings
 from jora_ops._compile import compile_enabled, run
-from jora_ops.fused import jora_delta, jora_linear
+from jora_ops.fused import Magnitude, jora_delta, jora_linear
 from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
 from jora_ops.selection import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
 
@@ -233,6 +233,21 @@ class JoraAdapter(nn.Module):
             self.temperature, s.eps,
         )  # fmt: skip
 
+    def _magnitude(self) -> Magnitude | None:
+        """The magnitude inputs of the fused function (``s`` is computed inside it)."""
+        if self.mag_logits is None:
+            return None
+        s = self.settings
+        return Magnitude(
+            s.magnitude,
+            self.mag_logits,
+            self.row_norms,
+            self.total_energy,
+            self.temperature,
+            s.eps,
+            s.ecd_alpha,
+        )
+
     def _side_args(self) -> dict[str, torch.Tensor]:
         a_L, a_R = self._active["L"], self._active["R"]
         return {
@@ -283,7 +298,7 @@ class JoraAdapter(nn.Module):
             core=self.core.spec,
             core_params=self.core.params(),
             core_offset=self.core.offset(),
-            scale=self.scale() if self.mag_logits is not None else None,
+            magnitude=self._magnitude(),
             base_output=base_output,
             weight_layout=self.layout,
             rotation_param=self.settings.rotation_param,

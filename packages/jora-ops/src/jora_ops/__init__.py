@@ -6,8 +6,15 @@ about modules, configs or PEFT, so other adapters can reuse these functions on p
 
 from jora_ops._version import __version__
 from jora_ops.cores import CORE_KINDS, CoreSpec, core_apply, core_dense
-from jora_ops.fused import WEIGHT_LAYOUTS, base_linear, jora_delta, jora_linear
-from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
+from jora_ops.fused import WEIGHT_LAYOUTS, Magnitude, base_linear, jora_delta, jora_linear
+from jora_ops.magnitude import (
+    MAGNITUDE_KINDS,
+    compute_ecd_scale,
+    compute_oer_scale_softmax,
+    compute_scale,
+    linear_temperature_anneal,
+    scale_vjp,
+)
 from jora_ops.rotation import (
     IMPLS,
     ROTATION_PARAMS,
@@ -27,10 +34,12 @@ from jora_ops.selection import (
 __all__ = [
     "CORE_KINDS",
     "IMPLS",
+    "MAGNITUDE_KINDS",
     "PAIRING_STRATEGIES",
     "ROTATION_PARAMS",
     "WEIGHT_LAYOUTS",
     "CoreSpec",
+    "Magnitude",
     "__version__",
     "apply_rotations",
     "base_linear",
@@ -38,6 +47,7 @@ __all__ = [
     "compute_allowed_pairs",
     "compute_ecd_scale",
     "compute_oer_scale_softmax",
+    "compute_scale",
     "core_apply",
     "core_dense",
     "jora_delta",
@@ -45,6 +55,7 @@ __all__ = [
     "linear_temperature_anneal",
     "rotation_cos_sin",
     "rotation_matrix",
+    "scale_vjp",
     "select_random_pairs",
     "select_top_k_pairs_gpu",
     "validate_pairs",

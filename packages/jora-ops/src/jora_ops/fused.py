@@ -18,14 +18,16 @@ from typing import Any
 
 import torch
 
+from jora_ops._compile import compile_enabled, run
 from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
 from jora_ops._dispatch import resolve_impl
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
+from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
 
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
 
-__all__ = ["WEIGHT_LAYOUTS", "base_linear", "jora_delta", "jora_linear"]
+__all__ = ["WEIGHT_LAYOUTS", "Magnitude", "base_linear", "jora_delta", "jora_linear"]
 
 
 def base_linear(x: torch.Tensor, weight: torch.Tensor, weight_layout: str = "linear") -> torch.Tensor:
@@ -72,6 +74,37 @@ def jora_delta(
     return delta
 
 
+@dataclass(frozen=True)
+class Magnitude:
+    """A magnitude scale computed inside :func:`jora_linear` from trainable logits (JORA.md §5).
+
+    ``kind`` is ``"oer_softmax"`` or ``"ecd_tanh"``; ``row_norms`` (ν), ``total_energy`` (E) and
+    ``temperature`` are fixed inputs; the backward returns the logits' gradient in closed form.
+    """
+
+    kind: str
+    logits: torch.Tensor
+    row_norms: torch.Tensor
+    total_energy: torch.Tensor | float
+    temperature: torch.Tensor | float
+    eps: float = 1e-8
+    ecd_alpha: float = 0.5
+
+    def scale(self, compiled: bool = False) -> torch.Tensor:
+        """``s`` from the current logits (no autograd graph is recorded inside the fused function)."""
+        return run(
+            compute_scale, compiled, self.kind, self.row_norms, self.total_energy, self.logits, self.temperature,
+            self.eps, self.ecd_alpha,
+        )  # fmt: skip
+
+    def vjp(self, scale: torch.Tensor, grad_scale: torch.Tensor, compiled: bool = False) -> torch.Tensor:
+        """``∂L/∂logits`` from ``∂L/∂s``."""
+        return run(
+            scale_vjp, compiled, self.kind, scale, grad_scale, self.row_norms, self.total_energy, self.logits,
+            self.temperature, self.eps, self.ecd_alpha,
+        )  # fmt: skip
+
+
 @dataclass
 class _Static:
     """Non-differentiable inputs of the autograd function."""
@@ -87,6 +120,7 @@ class _Static:
     stats_out: torch.Tensor | None
     on_backward: Callable[[], None] | None
     use_triton: bool = False
+    magnitude: Magnitude | None = None
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -114,6 +148,8 @@ class _JoraLinearFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         params = core_tensors[: static.n_core_params]
         offset = core_tensors[static.n_core_params :] if static.has_offset else None
+        if static.magnitude is not None:  # the slot holds the logits; s is computed here
+            scale = static.magnitude.scale(compile_enabled(x))
         ctx.use_fold = static.core.kind == "diag" and weight is not None
         if ctx.use_fold:
             assert weight is not None
@@ -154,9 +190,10 @@ class _JoraLinearFunction(torch.autograd.Function):
         x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if ctx.use_fold:
-            return _JoraLinearFunction._fold_backward(
+            grads = _JoraLinearFunction._fold_backward(
                 ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
             )
+            return _JoraLinearFunction._logits_grad(ctx, grads, scale)
         grad = grad_out.to(_compute_dtype(grad_out))
         if static.stats_out is not None:
             static.stats_out.add_(_tokens(grad).square().mean(0))
@@ -216,7 +253,7 @@ class _JoraLinearFunction(torch.autograd.Function):
             g.to(t.dtype) if g is not None else None
             for g, t in zip(leaf_grads[3:], core_tensors, strict=False)
         ]
-        return (
+        grads = (
             None,
             grad_x,
             None,
@@ -228,6 +265,16 @@ class _JoraLinearFunction(torch.autograd.Function):
             *core_grads,
             *([None] * n_offset),
         )
+        return _JoraLinearFunction._logits_grad(ctx, grads, scale)
+
+    @staticmethod
+    def _logits_grad(ctx: Any, grads: tuple[torch.Tensor | None, ...], scale: torch.Tensor | None) -> tuple:
+        """With an inner magnitude, turn the scale's gradient (slot 7) into the logits' gradient."""
+        magnitude = ctx.static.magnitude
+        if magnitude is None or grads[7] is None or scale is None:
+            return grads
+        grad_logits = magnitude.vjp(scale, grads[7], compile_enabled(scale))
+        return (*grads[:7], grad_logits, *grads[8:])
 
     @staticmethod
     def _fold_backward(
@@ -289,6 +336,7 @@ def jora_linear(
     pairs_L: torch.Tensor | None = None,
     theta_L: torch.Tensor | None = None,
     scale: torch.Tensor | None = None,
+    magnitude: Magnitude | None = None,
     base_output: torch.Tensor | None = None,
     weight_layout: str = "linear",
     rotation_param: str = "cayley",
@@ -311,7 +359,10 @@ def jora_linear(
         theta_R: their angle parameters ``[a_R]``.
         pairs_L: active output-side pairs ``[a_L, 2]``.
         theta_L: their angle parameters ``[a_L]``.
-        scale: the row scale ``s`` ``[n]`` or ``None`` (``s ≡ 1``).
+        scale: a given row scale ``s`` ``[n]`` (differentiable), or ``None``.
+        magnitude: a :class:`Magnitude` whose ``s`` is computed inside from trainable logits (their
+            gradient comes in closed form, without an autograd graph); at most one of ``scale`` and
+            ``magnitude``. With neither, ``s ≡ 1``.
         base_output: precomputed ``h`` ``[..., n]`` instead of ``weight`` (receives a gradient).
         rotation_param: ``"cayley"`` or ``"angle"``.
         stats_in: fp32 buffer ``[m]``; backward adds the token mean of ``x²`` to it, exactly once per backward
@@ -325,6 +376,17 @@ def jora_linear(
     """
     if (weight is None) == (base_output is None):
         raise ValueError("give exactly one of weight and base_output")
+    if scale is not None and magnitude is not None:
+        raise ValueError("give at most one of scale and magnitude")
+    if magnitude is not None:
+        if magnitude.kind not in MAGNITUDE_KINDS:
+            raise ValueError(f"magnitude.kind must be one of {MAGNITUDE_KINDS}, got {magnitude.kind!r}")
+        if magnitude.logits.shape != (core.out_features,) or magnitude.row_norms.shape != (
+            core.out_features,
+        ):
+            raise ValueError(
+                f"magnitude.logits and magnitude.row_norms must have shape ({core.out_features},)"
+            )
     if weight_layout not in WEIGHT_LAYOUTS:
         raise ValueError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {weight_layout!r}")
     check_rotation_param(rotation_param)
@@ -375,7 +437,9 @@ def jora_linear(
         stats_out=stats_out,
         on_backward=on_backward,
         use_triton=use_triton,
+        magnitude=magnitude,
     )
+    scale_slot = magnitude.logits if magnitude is not None else scale
     return _JoraLinearFunction.apply(
-        static, x, weight, bias, base_output, theta_R, theta_L, scale, *core_params, *(core_offset or ())
+        static, x, weight, bias, base_output, theta_R, theta_L, scale_slot, *core_params, *(core_offset or ())
     )

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["compute_ecd_scale", "compute_oer_scale_softmax", "linear_temperature_anneal"]
+__all__ = [
+    "MAGNITUDE_KINDS",
+    "compute_ecd_scale",
+    "compute_oer_scale_softmax",
+    "compute_scale",
+    "linear_temperature_anneal",
+    "scale_vjp",
+]
 
 
 def _check_temperature(temperature: float | torch.Tensor, name: str = "temperature") -> None:
@@ -96,3 +103,61 @@ def linear_temperature_anneal(step: int, total_steps: int | None, start: float, 
         return float(start)
     frac = min(1.0, max(0, step) / total_steps)
     return float(start + (end - start) * frac)
+
+
+MAGNITUDE_KINDS: tuple[str, ...] = ("oer_softmax", "ecd_tanh")
+
+
+def compute_scale(
+    kind: str,
+    base_row_norms: torch.Tensor,
+    total_energy: float | torch.Tensor,
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    eps: float,
+    ecd_alpha: float = 0.5,
+) -> torch.Tensor:
+    """``s`` for ``kind`` in :data:`MAGNITUDE_KINDS` (``"oer_softmax"`` or ``"ecd_tanh"``)."""
+    if kind == "oer_softmax":
+        return compute_oer_scale_softmax(base_row_norms, total_energy, logits, temperature, eps)
+    if kind == "ecd_tanh":
+        return compute_ecd_scale(base_row_norms, total_energy, logits, ecd_alpha, temperature, eps)
+    raise ValueError(f"magnitude must be one of {MAGNITUDE_KINDS}, got {kind!r}")
+
+
+def scale_vjp(
+    kind: str,
+    scale: torch.Tensor,
+    grad_scale: torch.Tensor,
+    base_row_norms: torch.Tensor,
+    total_energy: float | torch.Tensor,
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    eps: float,
+    ecd_alpha: float = 0.5,
+) -> torch.Tensor:
+    """``∂L/∂logits`` from ``∂L/∂s`` in closed form (no autograd graph), for :func:`compute_scale`.
+
+    OER: ``log s_i = w_i/(2T) − ½·logsumexp(log p0 + w/T)`` and ``p_j = s_j² ν_j² / E``, so
+    ``∂L/∂w_j = (a_j − p_j Σ_i a_i) / (2T)`` with ``a = (∂L/∂s) ⊙ s``.
+    ECD: ``s = g·κ`` with ``g = 1 + α tanh(w/T)``, ``κ = sqrt(E / Σ (ν g)²)``, so
+    ``∂L/∂w_j = g'_j κ (∂L/∂s_j − ν_j² g_j Σ_i (∂L/∂s_i) g_i / Σ (ν g)²)``.
+    Rows with ``ν ≤ eps`` get zero gradient (their scale is fixed at 1).
+    """
+    nu = _at_least_fp32(base_row_norms)
+    included = nu > eps
+    grad = torch.where(included, _at_least_fp32(grad_scale), 0.0)
+    s = _at_least_fp32(scale)
+    energy = _included_energy(nu, total_energy, included)
+    if kind == "oer_softmax":
+        a = grad * s
+        p = torch.where(included, s * s * nu * nu / energy, 0.0)
+        result = (a - p * a.sum()) / (2.0 * temperature)
+    else:
+        t = torch.tanh(_at_least_fp32(logits) / temperature)
+        gain = torch.where(included, 1.0 + ecd_alpha * t, 0.0)
+        norm_sq = ((nu * gain) ** 2).sum()
+        kappa = torch.sqrt(energy / norm_sq)
+        d_gain = ecd_alpha * (1.0 - t * t) / temperature
+        result = d_gain * kappa * (grad - nu * nu * gain * (grad * gain).sum() / norm_sq)
+    return torch.where(included, result, 0.0).to(logits.dtype)
