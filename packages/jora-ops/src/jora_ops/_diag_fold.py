@@ -26,7 +26,13 @@ import torch
 from jora_ops._compile import compile_enabled, run
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["DiagFold", "column_sums_torch", "diag_fold_backward", "diag_fold_forward"]
+__all__ = [
+    "DiagFold",
+    "column_sums_torch",
+    "diag_fold_backward",
+    "diag_fold_forward",
+    "output_side_grads",
+]
 
 
 @dataclass
@@ -240,6 +246,49 @@ def _param_grads(
     return grad_diag, grad_theta_L, grad_theta_R
 
 
+def output_side_grads(
+    grads: dict[str, torch.Tensor | None],
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    out: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    needs: dict[str, bool],
+    stats_in: torch.Tensor | None,
+    stats_out: torch.Tensor | None,
+    use_triton: bool,
+    n_diag: int,
+) -> dict[str, torch.Tensor | None]:
+    """One pass of token sums over ``g``, ``y`` and ``x``: fills ``grads["bias"]`` and ``grads["scale"]``
+    (``Σ_t g⊙h`` with ``h = (y − b)/s``), adds the statistics to their buffers, and returns the sums
+    (``g_x`` over the first ``n_diag`` columns for the diag core)."""
+    n, m = grad_out.shape[-1], x.shape[-1]
+    g_raw = grad_out.reshape(-1, n)
+    stats = stats_in is not None or stats_out is not None
+    need_y = scale is not None and needs["scale"]
+    y_raw = out.reshape(-1, n) if need_y and out is not None else None
+    x_raw = x.reshape(-1, m) if n_diag or stats else None
+    if use_triton:
+        from jora_ops.triton_kernels import column_sums_triton
+
+        sums = column_sums_triton(g_raw, y_raw, x_raw, n_diag, stats)
+    else:
+        sums = column_sums_torch(g_raw, y_raw, x_raw, n_diag, stats)
+    tokens = max(g_raw.shape[0], 1)
+    if stats_out is not None:
+        stats_out.add_(sums["g_g"] / tokens)
+    if stats_in is not None:
+        stats_in.add_(sums["x_x"] / tokens)
+    if needs["bias"]:
+        grads["bias"] = sums["g"]
+    if need_y and scale is not None:
+        weighted = sums["g_y"]
+        if bias is not None:
+            weighted = weighted - bias.to(weighted.dtype) * sums["g"]
+        grads["scale"] = (weighted / scale).to(scale.dtype)
+    return sums
+
+
 def diag_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
@@ -275,27 +324,19 @@ def diag_fold_backward(
 
     g_raw, x_raw = grad_out.reshape(-1, n), x.reshape(-1, m)
     params_wanted = needs["diag"] or needs["theta_L"] or needs["theta_R"]
-    stats = stats_in is not None or stats_out is not None
-    need_y = scale is not None and needs["scale"]
-    y_raw = out.reshape(-1, n) if need_y and out is not None else None
-    if use_triton:
-        from jora_ops.triton_kernels import column_sums_triton
-
-        sums = column_sums_triton(g_raw, y_raw, x_raw if params_wanted or stats else None, d, stats)
-    else:
-        sums = column_sums_torch(g_raw, y_raw, x_raw if params_wanted or stats else None, d, stats)
-    tokens = max(g_raw.shape[0], 1)
-    if stats_out is not None:
-        stats_out.add_(sums["g_g"] / tokens)
-    if stats_in is not None:
-        stats_in.add_(sums["x_x"] / tokens)
-    if needs["bias"]:
-        grads["bias"] = sums["g"]
-    if need_y:
-        weighted = sums["g_y"]
-        if bias is not None:
-            weighted = weighted - bias.to(weighted.dtype) * sums["g"]
-        grads["scale"] = (weighted / scale).to(scale.dtype)
+    sums = output_side_grads(
+        grads,
+        grad_out,
+        x,
+        out,
+        bias,
+        scale,
+        needs,
+        stats_in,
+        stats_out,
+        use_triton,
+        d if params_wanted else 0,
+    )
     if not params_wanted:
         return grads
 

@@ -19,13 +19,15 @@ from typing import Any
 import torch
 
 from jora_ops._compile import compile_enabled, run
-from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
+from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward, output_side_grads
 from jora_ops._dispatch import resolve_impl
+from jora_ops._lowrank_fold import lowrank_fold_backward, lowrank_fold_forward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
 
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
+FOLDED_CORES: tuple[str, ...] = ("diag", "lowrank")  # cores whose delta is folded into the weight
 
 __all__ = ["WEIGHT_LAYOUTS", "Magnitude", "base_linear", "jora_delta", "jora_linear"]
 
@@ -150,8 +152,16 @@ class _JoraLinearFunction(torch.autograd.Function):
         offset = core_tensors[static.n_core_params :] if static.has_offset else None
         if static.magnitude is not None:  # the slot holds the logits; s is computed here
             scale = static.magnitude.scale(compile_enabled(x))
-        ctx.use_fold = static.core.kind == "diag" and weight is not None
-        if ctx.use_fold:
+        ctx.fold_kind = static.core.kind if weight is not None and static.core.kind in FOLDED_CORES else None
+        if ctx.fold_kind == "lowrank":
+            assert weight is not None
+            out, ctx.fold = lowrank_fold_forward(
+                x, weight, bias, static.weight_layout, scale, (params[0], params[1]),
+                (offset[0], offset[1]) if offset else None, static.core.scale, static.pairs_L, theta_L,
+                static.pairs_R, theta_R, static.rotation_param,
+            )  # fmt: skip
+            base_dtype = out.dtype
+        elif ctx.fold_kind == "diag":
             assert weight is not None
             out, ctx.fold = diag_fold_forward(
                 x, weight, bias, static.weight_layout, scale, params[0], offset[0] if offset else None,
@@ -189,7 +199,12 @@ class _JoraLinearFunction(torch.autograd.Function):
         static: _Static = ctx.static
         x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        if ctx.use_fold:
+        if ctx.fold_kind == "lowrank":
+            grads = _JoraLinearFunction._lowrank_backward(
+                ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
+            )
+            return _JoraLinearFunction._logits_grad(ctx, grads, scale)
+        if ctx.fold_kind == "diag":
             grads = _JoraLinearFunction._fold_backward(
                 ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
             )
@@ -275,6 +290,49 @@ class _JoraLinearFunction(torch.autograd.Function):
             return grads
         grad_logits = magnitude.vjp(scale, grads[7], compile_enabled(scale))
         return (*grads[:7], grad_logits, *grads[8:])
+
+    @staticmethod
+    def _lowrank_backward(
+        ctx: Any,
+        grad_out: torch.Tensor,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        theta_R: torch.Tensor,
+        theta_L: torch.Tensor,
+        scale: torch.Tensor | None,
+        out: torch.Tensor | None,
+        core_tensors: list[torch.Tensor],
+    ) -> tuple[torch.Tensor | None, ...]:
+        static: _Static = ctx.static
+        needs = ctx.needs_input_grad
+        flags = {"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
+                 "A": needs[8], "B": needs[9]}  # fmt: skip
+        grads: dict[str, torch.Tensor | None] = {}
+        output_side_grads(
+            grads,
+            grad_out,
+            x,
+            out,
+            bias,
+            scale,
+            flags,
+            static.stats_in,
+            static.stats_out,
+            static.use_triton,
+            0,
+        )
+        grads |= lowrank_fold_backward(
+            grad_out, x, ctx.fold, static.weight_layout, scale, (core_tensors[0], core_tensors[1]),
+            static.core.scale, static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param, flags,
+        )  # fmt: skip
+        grad_bias = grads.get("bias")
+        if static.on_backward is not None:
+            static.on_backward()
+        return (
+            None, grads["x"], None, grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else None,
+            None, grads["theta_R"], grads["theta_L"], grads.get("scale"), grads["A"], grads["B"],
+            *([None] * (len(core_tensors) - 2)),
+        )  # fmt: skip
 
     @staticmethod
     def _fold_backward(
@@ -418,11 +476,11 @@ def jora_linear(
     pairs_R, theta_R = _check_side(pairs_R, theta_R, "R", x.device)
     pairs_L, theta_L = _check_side(pairs_L, theta_L, "L", x.device)
     use_triton = resolve_impl(impl, x) == "triton"
-    if use_triton and (core.kind != "diag" or weight is None):
+    if use_triton and (core.kind not in FOLDED_CORES or weight is None):
         if impl == "triton":
             raise NotImplementedError(
-                f"impl='triton' covers the diag core with a base weight; got core={core.kind!r}"
-                f"{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
+                f"impl='triton' covers the {' and '.join(FOLDED_CORES)} cores with a base weight; got "
+                f"core={core.kind!r}{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
             )
         use_triton = False
     static = _Static(
