@@ -1,13 +1,20 @@
 """The fused adapted linear: ``y = s ⊙ ((W + R_Lᵀ C R_R − C₀) x) + b`` as one autograd function.
 
 The base matmul, the sparse rotations, the core, the init offset, the magnitude scale and the selection
-statistics run in one :class:`torch.autograd.Function`. Its backward returns gradients for ``x``, the angles,
-the core parameters, the scale ``s`` (and so the magnitude logits through autograd), the bias and a given
-``base_output``, never for ``W``. It saves ``x`` and, with a scale, the output ``y`` (tensors the surrounding
-network usually keeps anyway) plus O(n + m) extras; the adapter's delta is recomputed in backward.
+statistics run in one :class:`torch.autograd.Function`. Its backward returns gradients for ``x``, the
+angles, the core parameters, the magnitude logits (or a given scale ``s``), the bias and a given
+``base_output``, never for ``W``.
 
-Pair tables passed here hold only active pairs (no ``-1`` rows): the per-adapter module passes the active
-prefix of its slot table, whose length it knows on the host.
+- ``diag`` and ``lowrank`` cores with a base weight fold ``diag(s)(W + ΔW)`` into the weight (see
+  :mod:`jora_ops._diag_fold` and :mod:`jora_ops._lowrank_fold`): the forward is one matmul, and the backward
+  reuses the folded weight and needs only token sums (diag) or LoRA-shaped skinny matmuls (lowrank).
+- ``block`` (and any core chained through ``base_output``) adds ``ΔW x`` computed with plain torch ops and
+  recomputes it in backward.
+
+Activations saved: ``x`` and, with a magnitude, the output ``y`` (tensors the surrounding network usually
+keeps anyway), plus the folded weight for the fold paths and O(n + m) extras. Pair tables passed here hold
+only active pairs (no ``-1`` rows): the per-adapter module passes the active prefix of its slot table,
+whose length it knows on the host.
 """
 
 from __future__ import annotations
