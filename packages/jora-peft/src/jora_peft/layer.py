@@ -33,7 +33,7 @@ class JoraLayer(BaseTunerLayer):
     adapter_layer_names: tuple[str, ...] = ("jora_adapters",)
     other_param_names: tuple[str, ...] = ()
 
-    def __init__(self, base_layer: nn.Module, layer_name: str = "", **kwargs: Any) -> None:
+    def __init__(self, base_layer: nn.Module, layer_name: str = "") -> None:
         self.base_layer = base_layer
         self.jora_adapters = nn.ModuleDict()
         self._disable_adapters = False
@@ -42,11 +42,8 @@ class JoraLayer(BaseTunerLayer):
         in_features, out_features = get_in_out_features(self.get_base_layer())
         self.in_features = in_features
         self.out_features = out_features
-        self.kwargs = kwargs
 
-    def update_layer(
-        self, adapter_name: str, config: JoraConfig, inference_mode: bool = False, **kwargs: Any
-    ) -> None:
+    def update_layer(self, adapter_name: str, config: JoraConfig, inference_mode: bool = False) -> None:
         """Create the adapter ``adapter_name`` from ``config`` on this layer."""
         base = self.get_base_layer()
         self.jora_adapters[adapter_name] = JoraAdapter(
@@ -190,10 +187,9 @@ class Linear(nn.Module, JoraLayer):
         adapter_name: str,
         config: JoraConfig,
         layer_name: str = "",
-        **kwargs: Any,
     ) -> None:
         super().__init__()
-        JoraLayer.__init__(self, base_layer, layer_name=layer_name, **kwargs)
+        JoraLayer.__init__(self, base_layer, layer_name=layer_name)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, config)
 
