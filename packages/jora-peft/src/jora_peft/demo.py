@@ -22,6 +22,7 @@ import math
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,10 @@ def stdlib_docstrings() -> str:
     for name in PRETRAIN_MODULES:
         module = importlib.import_module(name)
         chunks.append(inspect.getdoc(module) or "")
-        for member_name, member in inspect.getmembers(module):
+        with warnings.catch_warnings():  # touching deprecated aliases (typing.io, ...) only reads their docs
+            warnings.simplefilter("ignore", DeprecationWarning)
+            members = inspect.getmembers(module)
+        for member_name, member in members:
             if not member_name.startswith("_") and (doc := inspect.getdoc(member)):
                 chunks.append(doc)
     return "\n\n".join(dict.fromkeys(chunks))
