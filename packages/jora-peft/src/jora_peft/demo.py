@@ -68,10 +68,9 @@ def stdlib_docstrings() -> str:
         chunks.append(inspect.getdoc(module) or "")
         with warnings.catch_warnings():  # touching deprecated aliases (typing.io, ...) only reads their docs
             warnings.simplefilter("ignore", DeprecationWarning)
-            members = inspect.getmembers(module)
-        for member_name, member in members:
-            if not member_name.startswith("_") and (doc := inspect.getdoc(member)):
-                chunks.append(doc)
+            for member_name, member in inspect.getmembers(module):
+                if not member_name.startswith("_") and (doc := inspect.getdoc(member)):
+                    chunks.append(doc)
     return "\n\n".join(dict.fromkeys(chunks))
 
 
