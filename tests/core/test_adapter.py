@@ -311,3 +311,23 @@ def test_bad_init_random_pairs_argument() -> None:
     _, layer = adapt("linear", 12, 10, S_L=3, S_R=4)
     with pytest.raises(ValueError, match="n_pairs_L"):
         layer.adapter.init_random_pairs(n_pairs_L=4)
+
+
+def test_a_failed_backward_does_not_block_later_steps() -> None:
+    class Boom(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            raise RuntimeError("boom")
+
+    _, layer = adapt("linear", 9, 7, S_L=3, S_R=3, k=1)
+    x = torch.randn(4, 9, requires_grad=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        layer(Boom.apply(x)).sum().backward()  # the layer's backward ran, the pass failed later
+    assert layer.adapter.current_step == 0
+    layer(torch.randn(4, 9)).sum().backward()
+    layer(torch.randn(4, 9)).sum().backward()
+    assert layer.adapter.current_step == 2

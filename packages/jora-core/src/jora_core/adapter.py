@@ -129,7 +129,9 @@ class JoraAdapter(nn.Module):
         self._total_steps: int | None = None
         self._active = {"L": 0, "R": 0}
         self._calls = {"L": 0, "R": 0}
-        self._callback_queued = False
+        self._queued_task = (
+            -1
+        )  # id of the backward pass (graph task) whose end-of-backward callback is queued
         self.register_load_state_dict_post_hook(JoraAdapter._refresh_mirrors)
 
         if settings.selection == "none" or not settings.init_weights:
@@ -340,13 +342,16 @@ class JoraAdapter(nn.Module):
     def _on_backward(self, collected_L: bool, collected_R: bool) -> None:
         self._calls["L"] += collected_L
         self._calls["R"] += collected_R
-        if not self._callback_queued:
-            self._callback_queued = True
+        # Once per backward pass: keyed by the engine's graph task, so a pass that failed half-way (and never
+        # ran its callback) cannot block the next one.
+        task = torch._C._current_graph_task_id()
+        if task != self._queued_task:
+            self._queued_task = task
             torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
 
     def _finish_backward(self) -> None:
         """Runs once at the end of each backward call that went through this adapter."""
-        self._callback_queued = False
+        self._queued_task = -1
         beta = self.settings.ema_beta
         with torch.no_grad():
             for side in SIDES:
