@@ -317,8 +317,9 @@ def test_triton_is_refused_where_it_has_no_kernel(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setattr(_dispatch, "triton_available", lambda: True)
     case = make_case("block", 6, 5, seed=9, dtype=torch.float32)
-    with pytest.raises(NotImplementedError, match="core='block'"):
-        jora_linear(torch.randn(2, 5), case.weight, impl="triton", **case.kwargs())
+    x = torch.randn(2, 5)
+    with pytest.raises(NotImplementedError, match="base_output"):
+        jora_linear(x, None, base_output=x @ case.weight.T, impl="triton", **case.kwargs())
 
 
 @pytest.mark.parametrize("kind", ["oer_softmax", "ecd_tanh"])

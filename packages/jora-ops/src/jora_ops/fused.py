@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from jora_ops._block_fold import block_fold_backward, block_fold_forward
 from jora_ops._compile import compile_enabled, run
 from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward, output_side_grads
 from jora_ops._dispatch import resolve_impl
@@ -34,7 +35,7 @@ from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
 
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
-FOLDED_CORES: tuple[str, ...] = ("diag", "lowrank")  # cores whose delta is folded into the weight
+FOLDED_CORES: tuple[str, ...] = ("diag", "block", "lowrank")  # cores whose delta is folded into the weight
 
 __all__ = ["WEIGHT_LAYOUTS", "Magnitude", "base_linear", "jora_delta", "jora_linear"]
 
@@ -160,7 +161,15 @@ class _JoraLinearFunction(torch.autograd.Function):
         if static.magnitude is not None:  # the slot holds the logits; s is computed here
             scale = static.magnitude.scale(compile_enabled(x))
         ctx.fold_kind = static.core.kind if weight is not None and static.core.kind in FOLDED_CORES else None
-        if ctx.fold_kind == "lowrank":
+        if ctx.fold_kind == "block":
+            assert weight is not None
+            out, ctx.fold = block_fold_forward(
+                x, weight, bias, static.weight_layout, scale, (params[0], params[1]),
+                (offset[0], offset[1]) if offset else None, static.core.block_size, static.pairs_L, theta_L,
+                static.pairs_R, theta_R, static.rotation_param,
+            )  # fmt: skip
+            base_dtype = out.dtype
+        elif ctx.fold_kind == "lowrank":
             assert weight is not None
             out, ctx.fold = lowrank_fold_forward(
                 x, weight, bias, static.weight_layout, scale, (params[0], params[1]),
@@ -206,6 +215,11 @@ class _JoraLinearFunction(torch.autograd.Function):
         static: _Static = ctx.static
         x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        if ctx.fold_kind == "block":
+            grads = _JoraLinearFunction._block_backward(
+                ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
+            )
+            return _JoraLinearFunction._logits_grad(ctx, grads, scale)
         if ctx.fold_kind == "lowrank":
             grads = _JoraLinearFunction._lowrank_backward(
                 ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
@@ -297,6 +311,36 @@ class _JoraLinearFunction(torch.autograd.Function):
             return grads
         grad_logits = magnitude.vjp(scale, grads[7], compile_enabled(scale))
         return (*grads[:7], grad_logits, *grads[8:])
+
+    @staticmethod
+    def _block_backward(
+        ctx: Any,
+        grad_out: torch.Tensor,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        theta_R: torch.Tensor,
+        theta_L: torch.Tensor,
+        scale: torch.Tensor | None,
+        out: torch.Tensor | None,
+        core_tensors: list[torch.Tensor],
+    ) -> tuple[torch.Tensor | None, ...]:
+        static: _Static = ctx.static
+        needs = ctx.needs_input_grad
+        flags = {"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
+                 "blocks": needs[8], "tail": needs[9]}  # fmt: skip
+        grads = block_fold_backward(
+            grad_out, x, out, ctx.fold, bias, static.weight_layout, scale, (core_tensors[0], core_tensors[1]),
+            static.core.block_size, static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param, flags,
+            stats_in=static.stats_in, stats_out=static.stats_out, use_triton=static.use_triton,
+        )  # fmt: skip
+        grad_bias = grads["bias"]
+        if static.on_backward is not None:
+            static.on_backward()
+        return (
+            None, grads["x"], None, grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else None,
+            None, grads["theta_R"], grads["theta_L"], grads["scale"], grads["blocks"], grads["tail"],
+            *([None] * (len(core_tensors) - 2)),
+        )  # fmt: skip
 
     @staticmethod
     def _lowrank_backward(
