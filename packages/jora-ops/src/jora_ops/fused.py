@@ -5,11 +5,12 @@ statistics run in one :class:`torch.autograd.Function`. Its backward returns gra
 angles, the core parameters, the magnitude logits (or a given scale ``s``), the bias and a given
 ``base_output``, never for ``W``.
 
-- ``diag`` and ``lowrank`` cores with a base weight fold ``diag(s)(W + ΔW)`` into the weight (see
-  :mod:`jora_ops._diag_fold` and :mod:`jora_ops._lowrank_fold`): the forward is one matmul, and the backward
-  reuses the folded weight and needs only token sums (diag) or LoRA-shaped skinny matmuls (lowrank).
-- ``block`` (and any core chained through ``base_output``) adds ``ΔW x`` computed with plain torch ops and
-  recomputes it in backward.
+- With a base weight, every core folds ``diag(s)(W + ΔW)`` into the weight (``jora_ops._diag_fold``,
+  ``_block_fold``, ``_lowrank_fold``): the forward is one matmul, and the backward reuses the folded weight
+  and needs only token sums (diag: ≤ 4 non-zeros per row of ``ΔW``; block: ≤ 4b, plus block-diagonal sums)
+  or LoRA-shaped skinny matmuls (lowrank).
+- Chained through ``base_output`` (several active adapters), ``ΔW x`` is computed with plain torch ops and
+  recomputed in backward.
 
 Activations saved: ``x`` and, with a magnitude, the output ``y`` (tensors the surrounding network usually
 keeps anyway), plus the folded weight for the fold paths and O(n + m) extras. Pair tables passed here hold
