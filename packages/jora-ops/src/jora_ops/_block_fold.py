@@ -21,7 +21,14 @@ from __future__ import annotations
 import torch
 
 from jora_ops._compile import compile_enabled, run
-from jora_ops._diag_fold import DiagFold, _side_tables, _theta_grad, _token_sums, output_side_grads
+from jora_ops._fold_common import (
+    FoldState,
+    folded_matmul,
+    output_side_grads,
+    side_tables,
+    theta_grad,
+    token_sums,
+)
 from jora_ops.rotation import rotation_cos_sin
 
 __all__ = ["block_fold_backward", "block_fold_forward"]
@@ -67,8 +74,8 @@ def _fold(
     n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size = max(n, m)
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    partner_L, cos_L, sin_L = _side_tables(pairs_L, *rotation_cos_sin(theta_L, rotation_param), size, dtype)
-    partner_R, cos_R, sin_R = _side_tables(pairs_R, *rotation_cos_sin(theta_R, rotation_param), size, dtype)
+    partner_L, cos_L, sin_L = side_tables(pairs_L, *rotation_cos_sin(theta_L, rotation_param), size, dtype)
+    partner_R, cos_R, sin_R = side_tables(pairs_R, *rotation_cos_sin(theta_R, rotation_param), size, dtype)
     cols, vals = _row_local(blocks, tail, n, block_size, dtype)
     vals0 = _row_local(*offset, n, block_size, dtype)[1] if offset is not None else torch.zeros_like(vals)
     q = partner_L[:n]
@@ -111,18 +118,15 @@ def block_fold_forward(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
-) -> tuple[torch.Tensor, DiagFold]:
+) -> tuple[torch.Tensor, FoldState]:
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the block core: one weight pass and one matmul."""
-    fold = DiagFold(
+    fold = FoldState(
         *run(
             _fold, compile_enabled(x), weight, scale, params[0], params[1], offset, pairs_L, theta_L, pairs_R,
             theta_R, layout, rotation_param, block_size,
         )
     )  # fmt: skip
-    if layout == "linear":
-        return torch.nn.functional.linear(x, fold.folded, bias), fold
-    out = x @ fold.folded
-    return (out + bias if bias is not None else out), fold
+    return folded_matmul(x, fold.folded, bias, layout), fold
 
 
 def _block_diagonal_sums(g: torch.Tensor, xs: torch.Tensor, full: int, block_size: int) -> torch.Tensor:
@@ -173,7 +177,7 @@ def _param_grads(
     if full:
         grad_e1[:full] = _block_diagonal_sums(g, xs, full, b)
     if d > full:
-        grad_e1[full:d, 0] = _token_sums(g[:, full:d], xs[:, full:d])
+        grad_e1[full:d, 0] = token_sums(g[:, full:d], xs[:, full:d])
     grad_e1 = grad_e1 * s[:, None]
 
     # E2: rows whose block holds an R-touched column j; E3/E4: L-touched rows. One gather of g, one of x.
@@ -195,7 +199,7 @@ def _param_grads(
     gather_cols = torch.cat([cols_2.flatten(), cols_3.flatten(), cols_4.flatten()]).clamp(max=m - 1)
     valid = torch.cat([valid_2.flatten(), valid_34.flatten(), valid_34.flatten()])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    sums = _token_sums(g.index_select(1, safe_rows) * s[safe_rows], xs.index_select(1, gather_cols))
+    sums = token_sums(g.index_select(1, safe_rows) * s[safe_rows], xs.index_select(1, gather_cols))
     flat = torch.cat([(rows_2 * b + slots_2).flatten(), (rows_34 * b + slots_34).flatten()])
     flat = torch.cat([flat, (rows_34 * b + slots_34).flatten()])
     group = torch.cat(
@@ -231,8 +235,8 @@ def _param_grads(
     return (
         grad_blocks,
         grad_tail,
-        _theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param),
-        _theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param),
+        theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param),
+        theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param),
     )
 
 
@@ -240,7 +244,7 @@ def block_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     out: torch.Tensor | None,
-    fold: DiagFold,
+    fold: FoldState,
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,

@@ -19,49 +19,20 @@ involution, so "the row whose partner is k" is ``partner_L(k)``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from jora_ops._compile import compile_enabled, run
+from jora_ops._fold_common import (
+    FoldState,
+    folded_matmul,
+    output_side_grads,
+    side_tables,
+    theta_grad,
+    token_sums,
+)
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = [
-    "DiagFold",
-    "column_sums_torch",
-    "diag_fold_backward",
-    "diag_fold_forward",
-    "output_side_grads",
-]
-
-
-@dataclass
-class DiagFold:
-    """What the forward keeps for the backward: the folded weight and the rotation tables (O(n + m))."""
-
-    folded: torch.Tensor
-    partner_L: torch.Tensor
-    cos_L: torch.Tensor
-    sin_L: torch.Tensor
-    partner_R: torch.Tensor
-    cos_R: torch.Tensor
-    sin_R: torch.Tensor
-
-
-def _side_tables(
-    pairs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, size: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(partner, cos_full, sin_full)`` of length ``size``: ``(R v)_k = cos_k v_k + sin_k v_{partner_k}``."""
-    partner = torch.arange(size, device=cos.device)
-    cos_full = torch.ones(size, dtype=dtype, device=cos.device)
-    sin_full = torch.zeros(size, dtype=dtype, device=cos.device)
-    if pairs.shape[0]:
-        i, j = pairs[:, 0].long(), pairs[:, 1].long()
-        both = torch.cat([i, j])
-        partner[both] = torch.cat([j, i])
-        cos_full[both] = cos.to(dtype).repeat(2)
-        sin_full[both] = torch.cat([sin, -sin]).to(dtype)
-    return partner, cos_full, sin_full
+__all__ = ["diag_fold_backward", "diag_fold_forward"]
 
 
 def _padded(vec: torch.Tensor | None, size: int, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
@@ -87,8 +58,8 @@ def _fold(
     n, m = weight.shape if layout == "linear" else weight.shape[::-1]
     size = max(n, m)
     dtype = torch.promote_types(weight.dtype, torch.float32)
-    partner_L, cos_L, sin_L = _side_tables(pairs_L, *rotation_cos_sin(theta_L, rotation_param), size, dtype)
-    partner_R, cos_R, sin_R = _side_tables(pairs_R, *rotation_cos_sin(theta_R, rotation_param), size, dtype)
+    partner_L, cos_L, sin_L = side_tables(pairs_L, *rotation_cos_sin(theta_L, rotation_param), size, dtype)
+    partner_R, cos_R, sin_R = side_tables(pairs_R, *rotation_cos_sin(theta_R, rotation_param), size, dtype)
     c = _padded(diag, size, dtype, weight)
     c0 = _padded(diag_offset, size, dtype, weight)
     q = partner_L[:n]
@@ -123,67 +94,15 @@ def diag_fold_forward(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
-) -> tuple[torch.Tensor, DiagFold]:
+) -> tuple[torch.Tensor, FoldState]:
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
-    fold = DiagFold(
+    fold = FoldState(
         *run(
             _fold, compile_enabled(x), weight, scale, diag, diag_offset, pairs_L, theta_L, pairs_R, theta_R,
             layout, rotation_param,
         )
     )  # fmt: skip
-    out = (
-        torch.nn.functional.linear(x, fold.folded, bias)
-        if layout == "linear"
-        else _conv1d(x, fold.folded, bias)
-    )
-    return out, fold
-
-
-def _conv1d(x: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    out = x @ folded
-    return out + bias if bias is not None else out
-
-
-def _token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ_t a[t, i] b[t, i]`` for 2-D ``a``, ``b`` (``vecdot``: no full-size temporary on CPU)."""
-    return torch.linalg.vecdot(a, b, dim=0)
-
-
-def column_sums_torch(
-    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
-) -> dict[str, torch.Tensor | None]:
-    """Torch reference of :func:`jora_ops.triton_kernels.column_sums_triton` (same keys, at least fp32)."""
-    compute_dtype = torch.promote_types(grad.dtype, torch.float32)
-    g = grad.to(compute_dtype)
-    xs = x.to(compute_dtype) if x is not None else None
-    return {
-        "g_y": _token_sums(g, out.to(compute_dtype)) if out is not None else None,
-        "g": g.sum(0),
-        "g_x": _token_sums(g[:, :n_diag], xs[:, :n_diag]) if xs is not None else None,
-        "g_g": _token_sums(g, g) if stats else None,
-        "x_x": _token_sums(xs, xs) if stats and xs is not None else None,
-    }
-
-
-def _theta_grad(
-    pairs: torch.Tensor,
-    theta: torch.Tensor,
-    grad_cos_full: torch.Tensor,
-    grad_sin_full: torch.Tensor,
-    rotation_param: str,
-) -> torch.Tensor:
-    """Chain rule from the tables to θ: ``cos_full[i] = cos_full[j] = cos φ``, ``sin_full[i] = −sin_full[j]``."""
-    if pairs.shape[0] == 0:
-        return torch.zeros_like(theta)
-    i, j = pairs[:, 0].long(), pairs[:, 1].long()
-    grad_cos = grad_cos_full[i] + grad_cos_full[j]
-    grad_sin = grad_sin_full[i] - grad_sin_full[j]
-    cos, sin = rotation_cos_sin(theta, rotation_param)
-    grad_phi = cos * grad_sin - sin * grad_cos
-    if rotation_param == "cayley":
-        t = theta.to(cos.dtype)
-        grad_phi = grad_phi / (1.0 + 0.25 * t * t)  # dφ/dθ for φ = 2·atan(θ/2)
-    return grad_phi.to(theta.dtype)
+    return folded_matmul(x, fold.folded, bias, layout), fold
 
 
 def _param_grads(
@@ -221,7 +140,7 @@ def _param_grads(
     cols = torch.cat([partner_R[rows_R], q_L, partner_R[q_L]]).clamp(max=m - 1)
     valid = torch.cat([rows_R < d, q_L < d, q_L < d])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    touched = _token_sums(
+    touched = token_sums(
         g_raw.index_select(1, safe_rows).to(dtype) * s[safe_rows], x_raw.index_select(1, cols).to(dtype)
     )
     group = torch.cat([torch.full_like(rows_R, 0), torch.full_like(rows_L, 1), torch.full_like(rows_L, 2)])
@@ -239,61 +158,18 @@ def _param_grads(
     grad_diag = (cos_L * own - (a_coef[q] * cos_R + b_coef[q] * sin_R))[:d].to(diag.dtype)
     grad_cos_L = c * own
     grad_sin_L = -c[q] * (G3 * cos_R[q] + G4 * sin_R[q])
-    grad_theta_L = _theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param)
+    grad_theta_L = theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param)
     grad_cos_R = torch.nn.functional.pad(c * (G1 * cos_L - a_coef[q]), (0, size - n))
     grad_sin_R = torch.nn.functional.pad(c * (G2 * cos_L - b_coef[q]), (0, size - n))
-    grad_theta_R = _theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param)
+    grad_theta_R = theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param)
     return grad_diag, grad_theta_L, grad_theta_R
-
-
-def output_side_grads(
-    grads: dict[str, torch.Tensor | None],
-    grad_out: torch.Tensor,
-    x: torch.Tensor,
-    out: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scale: torch.Tensor | None,
-    needs: dict[str, bool],
-    stats_in: torch.Tensor | None,
-    stats_out: torch.Tensor | None,
-    use_triton: bool,
-    n_diag: int,
-) -> dict[str, torch.Tensor | None]:
-    """One pass of token sums over ``g``, ``y`` and ``x``: fills ``grads["bias"]`` and ``grads["scale"]``
-    (``Σ_t g⊙h`` with ``h = (y − b)/s``), adds the statistics to their buffers, and returns the sums
-    (``g_x`` over the first ``n_diag`` columns for the diag core)."""
-    n, m = grad_out.shape[-1], x.shape[-1]
-    g_raw = grad_out.reshape(-1, n)
-    stats = stats_in is not None or stats_out is not None
-    need_y = scale is not None and needs["scale"]
-    y_raw = out.reshape(-1, n) if need_y and out is not None else None
-    x_raw = x.reshape(-1, m) if n_diag or stats else None
-    if use_triton:
-        from jora_ops.triton_kernels import column_sums_triton
-
-        sums = column_sums_triton(g_raw, y_raw, x_raw, n_diag, stats)
-    else:
-        sums = column_sums_torch(g_raw, y_raw, x_raw, n_diag, stats)
-    tokens = max(g_raw.shape[0], 1)
-    if stats_out is not None:
-        stats_out.add_(sums["g_g"] / tokens)
-    if stats_in is not None:
-        stats_in.add_(sums["x_x"] / tokens)
-    if needs["bias"]:
-        grads["bias"] = sums["g"]
-    if need_y and scale is not None:
-        weighted = sums["g_y"]
-        if bias is not None:
-            weighted = weighted - bias.to(weighted.dtype) * sums["g"]
-        grads["scale"] = (weighted / scale).to(scale.dtype)
-    return sums
 
 
 def diag_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
     out: torch.Tensor | None,
-    fold: DiagFold,
+    fold: FoldState,
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,

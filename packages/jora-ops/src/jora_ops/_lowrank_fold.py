@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jora_ops._fold_common import folded_matmul
 from jora_ops.rotation import apply_rotations_reference, rotation_cos_sin
 
 __all__ = ["LowRankFold", "lowrank_fold_backward", "lowrank_fold_forward"]
@@ -86,12 +87,7 @@ def lowrank_fold_forward(
         *factors, pairs_L, theta_L, pairs_R, theta_R, rotation_param, compute_dtype
     )
     folded = _fold(weight, layout, scale, rotated_a, rotated_b, offset, core_scale)
-    if layout == "linear":
-        out = torch.nn.functional.linear(x, folded, bias)
-    else:
-        out = x @ folded
-        out = out + bias if bias is not None else out
-    return out, LowRankFold(folded)
+    return folded_matmul(x, folded, bias, layout), LowRankFold(folded)
 
 
 def lowrank_fold_backward(

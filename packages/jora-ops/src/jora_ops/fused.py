@@ -28,8 +28,9 @@ import torch
 
 from jora_ops._block_fold import block_fold_backward, block_fold_forward
 from jora_ops._compile import compile_enabled, run
-from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward, output_side_grads
+from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
 from jora_ops._dispatch import resolve_impl
+from jora_ops._fold_common import output_side_grads
 from jora_ops._lowrank_fold import lowrank_fold_backward, lowrank_fold_forward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp

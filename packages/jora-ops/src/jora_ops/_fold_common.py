@@ -1,0 +1,148 @@
+"""Pieces shared by the folded fast paths (:mod:`jora_ops._diag_fold`, ``_block_fold``, ``_lowrank_fold``).
+
+A side's rotation as per-coordinate tables (``(R v)_k = cos_k v_k + sin_k v_{partner_k}``), the chain rule
+from those tables back to the angles, the matmul with a folded weight in either layout, and the one pass
+of token sums that gives the bias and scale gradients and the selection statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from jora_ops.rotation import rotation_cos_sin
+
+__all__ = [
+    "FoldState",
+    "column_sums_torch",
+    "folded_matmul",
+    "output_side_grads",
+    "side_tables",
+    "theta_grad",
+    "token_sums",
+]
+
+
+@dataclass
+class FoldState:
+    """What the forward keeps for the backward: the folded weight and the rotation tables (O(n + m))."""
+
+    folded: torch.Tensor
+    partner_L: torch.Tensor
+    cos_L: torch.Tensor
+    sin_L: torch.Tensor
+    partner_R: torch.Tensor
+    cos_R: torch.Tensor
+    sin_R: torch.Tensor
+
+
+def side_tables(
+    pairs: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(partner, cos_full, sin_full)`` of length ``size``: ``(R v)_k = cos_k v_k + sin_k v_{partner_k}``."""
+    partner = torch.arange(size, device=cos.device)
+    cos_full = torch.ones(size, dtype=dtype, device=cos.device)
+    sin_full = torch.zeros(size, dtype=dtype, device=cos.device)
+    if pairs.shape[0]:
+        i, j = pairs[:, 0].long(), pairs[:, 1].long()
+        both = torch.cat([i, j])
+        partner[both] = torch.cat([j, i])
+        cos_full[both] = cos.to(dtype).repeat(2)
+        sin_full[both] = torch.cat([sin, -sin]).to(dtype)
+    return partner, cos_full, sin_full
+
+
+def folded_matmul(
+    x: torch.Tensor, folded: torch.Tensor, bias: torch.Tensor | None, layout: str
+) -> torch.Tensor:
+    """``x W_effᵀ + b`` for a folded weight stored as ``[n, m]`` (``"linear"``) or ``[m, n]`` (``"conv1d"``)."""
+    if layout == "linear":
+        return torch.nn.functional.linear(x, folded, bias)
+    out = x @ folded
+    return out + bias if bias is not None else out
+
+
+def token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_t a[t, i] b[t, i]`` for 2-D ``a``, ``b`` (``vecdot``: no full-size temporary on CPU)."""
+    return torch.linalg.vecdot(a, b, dim=0)
+
+
+def column_sums_torch(
+    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
+) -> dict[str, torch.Tensor | None]:
+    """Torch reference of :func:`jora_ops.triton_kernels.column_sums_triton` (same keys, at least fp32)."""
+    compute_dtype = torch.promote_types(grad.dtype, torch.float32)
+    g = grad.to(compute_dtype)
+    xs = x.to(compute_dtype) if x is not None else None
+    return {
+        "g_y": token_sums(g, out.to(compute_dtype)) if out is not None else None,
+        "g": g.sum(0),
+        "g_x": token_sums(g[:, :n_diag], xs[:, :n_diag]) if xs is not None else None,
+        "g_g": token_sums(g, g) if stats else None,
+        "x_x": token_sums(xs, xs) if stats and xs is not None else None,
+    }
+
+
+def theta_grad(
+    pairs: torch.Tensor,
+    theta: torch.Tensor,
+    grad_cos_full: torch.Tensor,
+    grad_sin_full: torch.Tensor,
+    rotation_param: str,
+) -> torch.Tensor:
+    """Chain rule from the tables to θ: ``cos_full[i] = cos_full[j] = cos φ``, ``sin_full[i] = −sin_full[j]``."""
+    if pairs.shape[0] == 0:
+        return torch.zeros_like(theta)
+    i, j = pairs[:, 0].long(), pairs[:, 1].long()
+    grad_cos = grad_cos_full[i] + grad_cos_full[j]
+    grad_sin = grad_sin_full[i] - grad_sin_full[j]
+    cos, sin = rotation_cos_sin(theta, rotation_param)
+    grad_phi = cos * grad_sin - sin * grad_cos
+    if rotation_param == "cayley":
+        t = theta.to(cos.dtype)
+        grad_phi = grad_phi / (1.0 + 0.25 * t * t)  # dφ/dθ for φ = 2·atan(θ/2)
+    return grad_phi.to(theta.dtype)
+
+
+def output_side_grads(
+    grads: dict[str, torch.Tensor | None],
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    out: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    needs: dict[str, bool],
+    stats_in: torch.Tensor | None,
+    stats_out: torch.Tensor | None,
+    use_triton: bool,
+    n_diag: int,
+) -> dict[str, torch.Tensor | None]:
+    """One pass of token sums over ``g``, ``y`` and ``x``: fills ``grads["bias"]`` and ``grads["scale"]``
+    (``Σ_t g⊙h`` with ``h = (y − b)/s``), adds the statistics to their buffers, and returns the sums
+    (``g_x`` over the first ``n_diag`` columns for the diag core)."""
+    n, m = grad_out.shape[-1], x.shape[-1]
+    g_raw = grad_out.reshape(-1, n)
+    stats = stats_in is not None or stats_out is not None
+    need_y = scale is not None and needs["scale"]
+    y_raw = out.reshape(-1, n) if need_y and out is not None else None
+    x_raw = x.reshape(-1, m) if n_diag or stats else None
+    if use_triton:
+        from jora_ops.triton_kernels import column_sums_triton
+
+        sums = column_sums_triton(g_raw, y_raw, x_raw, n_diag, stats)
+    else:
+        sums = column_sums_torch(g_raw, y_raw, x_raw, n_diag, stats)
+    tokens = max(g_raw.shape[0], 1)
+    if stats_out is not None:
+        stats_out.add_(sums["g_g"] / tokens)
+    if stats_in is not None:
+        stats_in.add_(sums["x_x"] / tokens)
+    if needs["bias"]:
+        grads["bias"] = sums["g"]
+    if need_y and scale is not None:
+        weighted = sums["g_y"]
+        if bias is not None:
+            weighted = weighted - bias.to(weighted.dtype) * sums["g"]
+        grads["scale"] = (weighted / scale).to(scale.dtype)
+    return sums
