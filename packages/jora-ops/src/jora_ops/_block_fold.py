@@ -23,6 +23,7 @@ import torch
 from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
+    fold_entries,
     folded_matmul,
     output_side_grads,
     side_tables,
@@ -93,14 +94,7 @@ def _fold(
         [cols.flatten(), partner_R[cols].flatten(), cols_q.flatten(), partner_R[cols_q].flatten()]
     ).clamp(max=m - 1)  # identically zero entries may clamp
     entry_rows = torch.arange(n, device=weight.device).repeat_interleave(block_size).repeat(4)
-    if scale is None:
-        folded = weight.clone()
-    else:
-        s = scale.to(weight.dtype)
-        folded = weight * (s[:, None] if layout == "linear" else s[None, :])
-        values = values * scale.to(dtype)[entry_rows]
-    index = (entry_rows, entry_cols) if layout == "linear" else (entry_cols, entry_rows)
-    folded = folded.index_put(index, values.to(weight.dtype), accumulate=True)
+    folded = fold_entries(weight, layout, scale, entry_rows, entry_cols, values)
     return folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R
 
 

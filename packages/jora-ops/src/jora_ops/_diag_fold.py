@@ -24,6 +24,7 @@ import torch
 from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
+    fold_entries,
     folded_matmul,
     output_side_grads,
     side_tables,
@@ -70,14 +71,7 @@ def _fold(
     )
     rows = torch.arange(n, device=weight.device).repeat(4)
     cols = torch.cat([rows[:n], partner_R[:n], q, partner_R[q]]).clamp(max=m - 1)  # zero entries may clamp
-    if scale is None:
-        folded = weight.clone()
-    else:
-        s = scale.to(weight.dtype)
-        folded = weight * (s[:, None] if layout == "linear" else s[None, :])
-        values = values * scale.to(dtype).repeat(4)
-    index = (rows, cols) if layout == "linear" else (cols, rows)
-    folded = folded.index_put(index, values.to(weight.dtype), accumulate=True)
+    folded = fold_entries(weight, layout, scale, rows, cols, values)
     return folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R
 
 

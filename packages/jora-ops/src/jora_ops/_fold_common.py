@@ -16,6 +16,7 @@ from jora_ops.rotation import rotation_cos_sin
 __all__ = [
     "FoldState",
     "column_sums_torch",
+    "fold_entries",
     "folded_matmul",
     "output_side_grads",
     "side_tables",
@@ -51,6 +52,28 @@ def side_tables(
         cos_full[both] = cos.to(dtype).repeat(2)
         sin_full[both] = torch.cat([sin, -sin]).to(dtype)
     return partner, cos_full, sin_full
+
+
+def fold_entries(
+    weight: torch.Tensor,
+    layout: str,
+    scale: torch.Tensor | None,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor,
+) -> torch.Tensor:
+    """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype from ``ΔW``'s COO entries (logical ``[n, m]``).
+
+    One pass over ``W`` plus a scatter-add of the entries; duplicate positions accumulate.
+    """
+    if scale is None:
+        folded = weight.clone()
+    else:
+        s = scale.to(weight.dtype)
+        folded = weight * (s[:, None] if layout == "linear" else s[None, :])
+        values = values * scale.to(values.dtype)[rows]
+    index = (rows, cols) if layout == "linear" else (cols, rows)
+    return folded.index_put(index, values.to(weight.dtype), accumulate=True)
 
 
 def folded_matmul(
