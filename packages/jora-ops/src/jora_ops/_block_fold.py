@@ -24,12 +24,14 @@ from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
     fold_entries,
+    folded_input_grad,
     folded_matmul,
     output_side_grads,
     side_tables,
     theta_grad,
     token_sums,
 )
+from jora_ops.cores import CoreSpec
 from jora_ops.rotation import rotation_cos_sin
 
 __all__ = ["block_fold_backward", "block_fold_forward"]
@@ -104,9 +106,9 @@ def block_fold_forward(
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
-    params: tuple[torch.Tensor, torch.Tensor],
-    offset: tuple[torch.Tensor, torch.Tensor] | None,
-    block_size: int,
+    params: tuple[torch.Tensor, ...],
+    offset: tuple[torch.Tensor, ...] | None,
+    core: CoreSpec,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
@@ -117,7 +119,7 @@ def block_fold_forward(
     fold = FoldState(
         *run(
             _fold, compile_enabled(x), weight, scale, params[0], params[1], offset, pairs_L, theta_L, pairs_R,
-            theta_R, layout, rotation_param, block_size,
+            theta_R, layout, rotation_param, core.block_size,
         )
     )  # fmt: skip
     return folded_matmul(x, fold.folded, bias, layout), fold
@@ -242,8 +244,8 @@ def block_fold_backward(
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
-    params: tuple[torch.Tensor, torch.Tensor],
-    block_size: int,
+    params: tuple[torch.Tensor, ...],
+    core: CoreSpec,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
@@ -261,12 +263,12 @@ def block_fold_backward(
         ("x", "bias", "scale", "blocks", "tail", "theta_L", "theta_R")
     )
     if needs["x"]:
-        grads["x"] = (grad_out @ fold.folded if layout == "linear" else grad_out @ fold.folded.T).to(x.dtype)
+        grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
     output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
     if needs["blocks"] or needs["tail"] or needs["theta_L"] or needs["theta_R"]:
         grads["blocks"], grads["tail"], grads["theta_L"], grads["theta_R"] = run(
             _param_grads, compile_enabled(x), grad_out.reshape(-1, n), x.reshape(-1, m), scale, params[0],
             params[1], pairs_L, theta_L, pairs_R, theta_R, fold.partner_L, fold.cos_L, fold.sin_L, fold.partner_R,
-            fold.cos_R, fold.sin_R, rotation_param, block_size,
+            fold.cos_R, fold.sin_R, rotation_param, core.block_size,
         )  # fmt: skip
     return grads

@@ -25,12 +25,14 @@ from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
     fold_entries,
+    folded_input_grad,
     folded_matmul,
     output_side_grads,
     side_tables,
     theta_grad,
     token_sums,
 )
+from jora_ops.cores import CoreSpec
 from jora_ops.rotation import rotation_cos_sin
 
 __all__ = ["diag_fold_backward", "diag_fold_forward"]
@@ -81,8 +83,9 @@ def diag_fold_forward(
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
-    diag: torch.Tensor,
-    diag_offset: torch.Tensor | None,
+    params: tuple[torch.Tensor, ...],
+    offset: tuple[torch.Tensor, ...] | None,
+    core: CoreSpec,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
@@ -92,8 +95,8 @@ def diag_fold_forward(
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
     fold = FoldState(
         *run(
-            _fold, compile_enabled(x), weight, scale, diag, diag_offset, pairs_L, theta_L, pairs_R, theta_R,
-            layout, rotation_param,
+            _fold, compile_enabled(x), weight, scale, params[0], offset[0] if offset else None, pairs_L, theta_L,
+            pairs_R, theta_R, layout, rotation_param,
         )
     )  # fmt: skip
     return folded_matmul(x, fold.folded, bias, layout), fold
@@ -167,7 +170,8 @@ def diag_fold_backward(
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
-    diag: torch.Tensor,
+    params: tuple[torch.Tensor, ...],
+    core: CoreSpec,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
@@ -190,7 +194,7 @@ def diag_fold_backward(
         ("x", "bias", "scale", "diag", "theta_L", "theta_R")
     )
     if needs["x"]:
-        grads["x"] = (grad_out @ fold.folded if layout == "linear" else grad_out @ fold.folded.T).to(x.dtype)
+        grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
 
     g_raw, x_raw = grad_out.reshape(-1, n), x.reshape(-1, m)
     params_wanted = needs["diag"] or needs["theta_L"] or needs["theta_R"]
@@ -211,7 +215,7 @@ def diag_fold_backward(
         return grads
 
     grads["diag"], grads["theta_L"], grads["theta_R"] = run(
-        _param_grads, compile_enabled(x), g_raw, x_raw, sums["g_x"], scale, diag, pairs_L, theta_L, pairs_R,
+        _param_grads, compile_enabled(x), g_raw, x_raw, sums["g_x"], scale, params[0], pairs_L, theta_L, pairs_R,
         theta_R, fold.partner_L, fold.cos_L, fold.sin_L, fold.partner_R, fold.cos_R, fold.sin_R, rotation_param,
     )  # fmt: skip
     return grads

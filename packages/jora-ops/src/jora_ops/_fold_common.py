@@ -17,6 +17,7 @@ __all__ = [
     "FoldState",
     "column_sums_torch",
     "fold_entries",
+    "folded_input_grad",
     "folded_matmul",
     "output_side_grads",
     "side_tables",
@@ -74,6 +75,13 @@ def fold_entries(
         values = values * scale.to(values.dtype)[rows]
     index = (rows, cols) if layout == "linear" else (cols, rows)
     return folded.index_put(index, values.to(weight.dtype), accumulate=True)
+
+
+def folded_input_grad(
+    grad_out: torch.Tensor, folded: torch.Tensor, layout: str, dtype: torch.dtype
+) -> torch.Tensor:
+    """``∂L/∂x = g W_eff`` for a folded weight in either layout (the frozen layer's input-gradient matmul)."""
+    return (grad_out @ folded if layout == "linear" else grad_out @ folded.T).to(dtype)
 
 
 def folded_matmul(

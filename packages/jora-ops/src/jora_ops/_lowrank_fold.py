@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from jora_ops._fold_common import folded_matmul
+from jora_ops._fold_common import folded_input_grad, folded_matmul, output_side_grads
+from jora_ops.cores import CoreSpec
 from jora_ops.rotation import apply_rotations_reference, rotation_cos_sin
 
 __all__ = ["LowRankFold", "lowrank_fold_backward", "lowrank_fold_forward"]
@@ -72,9 +73,9 @@ def lowrank_fold_forward(
     bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
-    factors: tuple[torch.Tensor, torch.Tensor],
-    offset: tuple[torch.Tensor, torch.Tensor] | None,
-    core_scale: float,
+    params: tuple[torch.Tensor, ...],
+    offset: tuple[torch.Tensor, ...] | None,
+    core: CoreSpec,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
@@ -84,32 +85,44 @@ def lowrank_fold_forward(
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the low-rank core: one small product, one token matmul."""
     compute_dtype = torch.promote_types(weight.dtype, torch.float32)
     rotated_a, rotated_b = _rotated_factors(
-        *factors, pairs_L, theta_L, pairs_R, theta_R, rotation_param, compute_dtype
+        params[0], params[1], pairs_L, theta_L, pairs_R, theta_R, rotation_param, compute_dtype
     )
-    folded = _fold(weight, layout, scale, rotated_a, rotated_b, offset, core_scale)
+    folded = _fold(
+        weight, layout, scale, rotated_a, rotated_b, (offset[0], offset[1]) if offset else None, core.scale
+    )
     return folded_matmul(x, folded, bias, layout), LowRankFold(folded)
 
 
 def lowrank_fold_backward(
     grad_out: torch.Tensor,
     x: torch.Tensor,
+    out: torch.Tensor | None,
     fold: LowRankFold,
+    bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
-    factors: tuple[torch.Tensor, torch.Tensor],
-    core_scale: float,
+    params: tuple[torch.Tensor, ...],
+    core: CoreSpec,
     pairs_L: torch.Tensor,
     theta_L: torch.Tensor,
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
     needs: dict[str, bool],
+    stats_in: torch.Tensor | None = None,
+    stats_out: torch.Tensor | None = None,
+    use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients for ``x``, ``A``, ``B``, ``theta_L`` and ``theta_R`` (the scale, bias and statistics are
-    handled by the caller from the shared column sums)."""
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(("x", "A", "B", "theta_L", "theta_R"))
+    """Gradients of :func:`lowrank_fold_forward` (``x``, ``bias``, ``scale``, ``A``, ``B``, angles) and the
+    selection statistics."""
+    grads: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("x", "bias", "scale", "A", "B", "theta_L", "theta_R")
+    )
     if needs["x"]:
-        grads["x"] = (grad_out @ fold.folded if layout == "linear" else grad_out @ fold.folded.T).to(x.dtype)
+        grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
+    output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
+    factors = (params[0], params[1])
+    core_scale = core.scale
     wanted = [k for k in ("A", "B", "theta_L", "theta_R") if needs[k]]
     if not wanted:
         return grads

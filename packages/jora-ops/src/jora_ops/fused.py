@@ -30,14 +30,19 @@ from jora_ops._block_fold import block_fold_backward, block_fold_forward
 from jora_ops._compile import compile_enabled, run
 from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
 from jora_ops._dispatch import resolve_impl
-from jora_ops._fold_common import output_side_grads
 from jora_ops._lowrank_fold import lowrank_fold_backward, lowrank_fold_forward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
 
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
-FOLDED_CORES: tuple[str, ...] = ("diag", "block", "lowrank")  # cores whose delta is folded into the weight
+# Cores whose delta is folded into the weight: parameter names, forward, backward (uniform signatures).
+_FOLDED_PATHS: dict[str, tuple[tuple[str, ...], Callable[..., Any], Callable[..., Any]]] = {
+    "diag": (("diag",), diag_fold_forward, diag_fold_backward),
+    "block": (("blocks", "tail"), block_fold_forward, block_fold_backward),
+    "lowrank": (("A", "B"), lowrank_fold_forward, lowrank_fold_backward),
+}
+FOLDED_CORES: tuple[str, ...] = tuple(_FOLDED_PATHS)
 
 __all__ = ["WEIGHT_LAYOUTS", "Magnitude", "base_linear", "jora_delta", "jora_linear"]
 
@@ -163,27 +168,12 @@ class _JoraLinearFunction(torch.autograd.Function):
         if static.magnitude is not None:  # the slot holds the logits; s is computed here
             scale = static.magnitude.scale(compile_enabled(x))
         ctx.fold_kind = static.core.kind if weight is not None and static.core.kind in FOLDED_CORES else None
-        if ctx.fold_kind == "block":
+        if ctx.fold_kind is not None:
             assert weight is not None
-            out, ctx.fold = block_fold_forward(
-                x, weight, bias, static.weight_layout, scale, (params[0], params[1]),
-                (offset[0], offset[1]) if offset else None, static.core.block_size, static.pairs_L, theta_L,
-                static.pairs_R, theta_R, static.rotation_param,
-            )  # fmt: skip
-            base_dtype = out.dtype
-        elif ctx.fold_kind == "lowrank":
-            assert weight is not None
-            out, ctx.fold = lowrank_fold_forward(
-                x, weight, bias, static.weight_layout, scale, (params[0], params[1]),
-                (offset[0], offset[1]) if offset else None, static.core.scale, static.pairs_L, theta_L,
-                static.pairs_R, theta_R, static.rotation_param,
-            )  # fmt: skip
-            base_dtype = out.dtype
-        elif ctx.fold_kind == "diag":
-            assert weight is not None
-            out, ctx.fold = diag_fold_forward(
-                x, weight, bias, static.weight_layout, scale, params[0], offset[0] if offset else None,
-                static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param,
+            fold_forward = _FOLDED_PATHS[ctx.fold_kind][1]
+            out, ctx.fold = fold_forward(
+                x, weight, bias, static.weight_layout, scale, params, offset, static.core, static.pairs_L,
+                theta_L, static.pairs_R, theta_R, static.rotation_param,
             )  # fmt: skip
             base_dtype = out.dtype
         else:
@@ -217,18 +207,8 @@ class _JoraLinearFunction(torch.autograd.Function):
         static: _Static = ctx.static
         x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        if ctx.fold_kind == "block":
-            grads = _JoraLinearFunction._block_backward(
-                ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
-            )
-            return _JoraLinearFunction._logits_grad(ctx, grads, scale)
-        if ctx.fold_kind == "lowrank":
-            grads = _JoraLinearFunction._lowrank_backward(
-                ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
-            )
-            return _JoraLinearFunction._logits_grad(ctx, grads, scale)
-        if ctx.fold_kind == "diag":
-            grads = _JoraLinearFunction._fold_backward(
+        if ctx.fold_kind is not None:
+            grads = _JoraLinearFunction._folded_backward(
                 ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
             )
             return _JoraLinearFunction._logits_grad(ctx, grads, scale)
@@ -315,7 +295,7 @@ class _JoraLinearFunction(torch.autograd.Function):
         return (*grads[:7], grad_logits, *grads[8:])
 
     @staticmethod
-    def _block_backward(
+    def _folded_backward(
         ctx: Any,
         grad_out: torch.Tensor,
         x: torch.Tensor,
@@ -327,94 +307,21 @@ class _JoraLinearFunction(torch.autograd.Function):
         core_tensors: list[torch.Tensor],
     ) -> tuple[torch.Tensor | None, ...]:
         static: _Static = ctx.static
+        names, _, fold_backward = _FOLDED_PATHS[ctx.fold_kind]
         needs = ctx.needs_input_grad
-        flags = {"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
-                 "blocks": needs[8], "tail": needs[9]}  # fmt: skip
-        grads = block_fold_backward(
-            grad_out, x, out, ctx.fold, bias, static.weight_layout, scale, (core_tensors[0], core_tensors[1]),
-            static.core.block_size, static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param, flags,
+        flags = {"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7]}
+        flags |= {name: needs[8 + i] for i, name in enumerate(names)}
+        grads = fold_backward(
+            grad_out, x, out, ctx.fold, bias, static.weight_layout, scale, tuple(core_tensors[: len(names)]),
+            static.core, static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param, flags,
             stats_in=static.stats_in, stats_out=static.stats_out, use_triton=static.use_triton,
         )  # fmt: skip
-        grad_bias = grads["bias"]
         if static.on_backward is not None:
             static.on_backward()
-        return (
-            None, grads["x"], None, grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else None,
-            None, grads["theta_R"], grads["theta_L"], grads["scale"], grads["blocks"], grads["tail"],
-            *([None] * (len(core_tensors) - 2)),
-        )  # fmt: skip
-
-    @staticmethod
-    def _lowrank_backward(
-        ctx: Any,
-        grad_out: torch.Tensor,
-        x: torch.Tensor,
-        bias: torch.Tensor | None,
-        theta_R: torch.Tensor,
-        theta_L: torch.Tensor,
-        scale: torch.Tensor | None,
-        out: torch.Tensor | None,
-        core_tensors: list[torch.Tensor],
-    ) -> tuple[torch.Tensor | None, ...]:
-        static: _Static = ctx.static
-        needs = ctx.needs_input_grad
-        flags = {"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
-                 "A": needs[8], "B": needs[9]}  # fmt: skip
-        grads: dict[str, torch.Tensor | None] = {}
-        output_side_grads(
-            grads,
-            grad_out,
-            x,
-            out,
-            bias,
-            scale,
-            flags,
-            static.stats_in,
-            static.stats_out,
-            static.use_triton,
-            0,
-        )
-        grads |= lowrank_fold_backward(
-            grad_out, x, ctx.fold, static.weight_layout, scale, (core_tensors[0], core_tensors[1]),
-            static.core.scale, static.pairs_L, theta_L, static.pairs_R, theta_R, static.rotation_param, flags,
-        )  # fmt: skip
-        grad_bias = grads.get("bias")
-        if static.on_backward is not None:
-            static.on_backward()
-        return (
-            None, grads["x"], None, grad_bias.to(bias.dtype) if grad_bias is not None and bias is not None else None,
-            None, grads["theta_R"], grads["theta_L"], grads.get("scale"), grads["A"], grads["B"],
-            *([None] * (len(core_tensors) - 2)),
-        )  # fmt: skip
-
-    @staticmethod
-    def _fold_backward(
-        ctx: Any,
-        grad_out: torch.Tensor,
-        x: torch.Tensor,
-        bias: torch.Tensor | None,
-        theta_R: torch.Tensor,
-        theta_L: torch.Tensor,
-        scale: torch.Tensor | None,
-        out: torch.Tensor | None,
-        core_tensors: list[torch.Tensor],
-    ) -> tuple[torch.Tensor | None, ...]:
-        static: _Static = ctx.static
-        needs = ctx.needs_input_grad
-        grads = diag_fold_backward(
-            grad_out, x, out, ctx.fold, bias, static.weight_layout, scale, core_tensors[0], static.pairs_L,
-            theta_L, static.pairs_R, theta_R, static.rotation_param,
-            needs={"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7],
-                   "diag": needs[8]},
-            stats_in=static.stats_in, stats_out=static.stats_out, use_triton=static.use_triton,
-        )  # fmt: skip
         grad_bias = grads["bias"].to(bias.dtype) if grads["bias"] is not None and bias is not None else None
-        if static.on_backward is not None:
-            static.on_backward()
-        n_offset = len(core_tensors) - 1
         return (
             None, grads["x"], None, grad_bias, None, grads["theta_R"], grads["theta_L"], grads["scale"],
-            grads["diag"], *([None] * n_offset),
+            *(grads[name] for name in names), *([None] * (len(core_tensors) - len(names))),
         )  # fmt: skip
 
 
