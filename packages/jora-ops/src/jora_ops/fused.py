@@ -30,6 +30,7 @@ from jora_ops._block_fold import block_fold_backward, block_fold_forward
 from jora_ops._compile import compile_enabled, run
 from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
 from jora_ops._dispatch import resolve_impl
+from jora_ops._fold_common import output_side_grads
 from jora_ops._lowrank_fold import lowrank_fold_backward, lowrank_fold_forward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
@@ -145,10 +146,6 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.promote_types(t.dtype, torch.float32)
 
 
-def _tokens(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(-1, t.shape[-1])
-
-
 class _JoraLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -212,20 +209,16 @@ class _JoraLinearFunction(torch.autograd.Function):
                 ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
             )
             return _JoraLinearFunction._logits_grad(ctx, grads, scale)
+        # Bias and scale gradients and the statistics: the same token sums as the folded paths.
+        side: dict[str, torch.Tensor | None] = {"bias": None, "scale": None}
+        output_side_grads(
+            side, grad_out, x, out, bias, scale, {"bias": needs[3], "scale": needs[7]}, static.stats_in,
+            static.stats_out, False, 0,
+        )  # fmt: skip
+        grad_scale = side["scale"]
+        grad_bias = side["bias"].to(bias.dtype) if side["bias"] is not None and bias is not None else None
         grad = grad_out.to(_compute_dtype(grad_out))
-        if static.stats_out is not None:
-            static.stats_out.add_(_tokens(grad).square().mean(0))
-        if static.stats_in is not None:
-            static.stats_in.add_(_tokens(x).to(_compute_dtype(x)).square().mean(0))
-
-        grad_scale = None
-        grad_hidden = grad
-        if scale is not None:
-            if needs[7]:
-                hidden = out.to(grad.dtype) - bias if bias is not None else out.to(grad.dtype)
-                grad_scale = _tokens(grad * hidden).sum(0) / scale
-            grad_hidden = grad * scale
-        grad_bias = _tokens(grad).sum(0).to(bias.dtype) if needs[3] else None
+        grad_hidden = grad * scale if scale is not None else grad
         grad_base_output = grad_hidden.to(ctx.base_dtype) if needs[4] else None
 
         leaves = [x, theta_R, theta_L, *core_tensors[: static.n_core_params]]
