@@ -436,6 +436,16 @@ def jora_linear(
                 f"core={core.kind!r}{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
             )
         use_triton = False
+    if use_triton and core.kind == "diag" and weight is not None:
+        from jora_ops._diag_triton import DIAG_TRITON_DTYPES, diag_linear_triton
+
+        if x.dtype in DIAG_TRITON_DTYPES and weight.dtype in DIAG_TRITON_DTYPES:
+            return diag_linear_triton(
+                x, weight, bias, layout=weight_layout, diag=core_params[0],
+                diag_offset=core_offset[0] if core_offset is not None else None, pairs_L=pairs_L, theta_L=theta_L,
+                pairs_R=pairs_R, theta_R=theta_R, scale=scale, magnitude=magnitude, rotation_param=rotation_param,
+                stats_in=stats_in, stats_out=stats_out, on_backward=on_backward,
+            )  # fmt: skip
     static = _Static(
         core=core,
         n_core_params=len(core_params),
