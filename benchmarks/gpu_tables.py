@@ -137,6 +137,28 @@ def layer_table(report: dict, quick: bool) -> None:
     report["layers"] = rows
 
 
+def host_overhead(report: dict) -> None:
+    """Host time per fwd+bwd: a tiny input (T=16) leaves only launch and Python cost (µs per call)."""
+    rows = []
+    for method in ("frozen", "lora_r16", "jora_diag_oer", "jora_diag", "jora_block_oer", "jora_lowrank_oer"):
+        layer = build(method, 4096, 4096, dtype=torch.bfloat16, device="cuda")
+        x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        run = step_fn(layer, x, torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16))
+        for _ in range(20):
+            run()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(100):
+                run()
+            torch.cuda.synchronize()
+            samples.append((time.perf_counter() - start) / 100 * 1e6)
+        rows.append({"method": method, "us_per_fwd_bwd": sorted(samples)[2]})
+        print("host", rows[-1], flush=True)
+    report["host"] = rows
+
+
 def train_step(model: torch.nn.Module, ids: torch.Tensor, optimizer: torch.optim.Optimizer | None) -> None:
     """One causal-LM training step (the optimizer is absent for the frozen floor)."""
     model(input_ids=ids, labels=ids).loss.backward()
@@ -284,6 +306,13 @@ def markdown(report: dict) -> str:
             f"| {r['method']} | {r['ms_per_step']:.1f} | {r['peak_gib']:.2f} | {r['trainable']:,} |"
             for r in report["model"]
         ]
+    if "host" in report:
+        lines += [
+            "\n## Host time per fwd+bwd (T=16, d=4096: launch and Python cost)\n",
+            "| method | µs |",
+            "|---|---|",
+        ]
+        lines += [f"| {r['method']} | {r['us_per_fwd_bwd']:.0f} |" for r in report["host"]]
     if "compile" in report:
         lines += ["\n## torch.compile\n", f"```\n{json.dumps(report['compile'], indent=1)}\n```"]
     return "\n".join(lines) + "\n"
@@ -310,6 +339,7 @@ def main() -> int:
         "layers": lambda r: layer_table(r, args.quick),
         "model": model_table,
         "compile": compile_check,
+        "host": host_overhead,
     }
     for name in args.sections.split(","):
         start = time.perf_counter()
