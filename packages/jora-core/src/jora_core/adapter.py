@@ -251,13 +251,15 @@ class JoraAdapter(nn.Module):
         )
 
     def _side_args(self) -> dict[str, torch.Tensor]:
-        a_L, a_R = self._active["L"], self._active["R"]
-        return {
-            "pairs_L": self.pairs_L[:a_L],
-            "theta_L": self.theta_L[:a_L],
-            "pairs_R": self.pairs_R[:a_R],
-            "theta_R": self.theta_R[:a_R],
-        }
+        """The active prefix of each side's tables (the whole tables, unsliced, once a side is full: no slice
+        and no slice-backward node in the steady state of training)."""
+        args = {}
+        for side in SIDES:
+            pairs, theta, active = self._pairs(side), self._theta(side), self._active[side]
+            full = active == pairs.shape[0]
+            args[f"pairs_{side}"] = pairs if full else pairs[:active]
+            args[f"theta_{side}"] = theta if full else theta[:active]
+        return args
 
     def compute_delta(self, x: torch.Tensor) -> torch.Tensor:
         """``ΔW x = R_Lᵀ C R_R x − C₀ x`` for ``x ∈ R^{..., m}`` (differentiable, fp32 for low-precision x)."""

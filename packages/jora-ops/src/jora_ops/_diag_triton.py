@@ -238,11 +238,12 @@ def _token_sums_kernel(
 
 
 @triton.jit
-def _split_sum(partial_ptr, row: tl.constexpr, k, mask, width, n_splits):
-    acc = k.to(tl.float32) * 0.0
-    for split in range(0, n_splits):
-        acc += tl.load(partial_ptr + (split * 8 + row) * width + k, mask=mask, other=0.0)
-    return acc
+def _split_sum(partial_ptr, row: tl.constexpr, k, mask, width, n_splits, BLOCK_SPLITS: tl.constexpr):
+    """``Σ_split partial[split, row, k]``: one 2-D load (independent loads in flight, not a serial loop)."""
+    splits = tl.arange(0, BLOCK_SPLITS)
+    offsets = (splits[:, None] * 8 + row) * width + k[None, :]
+    tile = tl.load(partial_ptr + offsets, mask=(splits[:, None] < n_splits) & mask[None, :], other=0.0)
+    return tl.sum(tile, 0)
 
 
 @triton.jit
@@ -252,13 +253,13 @@ def _coordinate_grads_kernel(
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
     PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
 ):  # fmt: skip
     """Per coordinate: bias and scale gradients, statistics, diag gradient and the table gradients."""
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
     in_ok = k < n_in
-    g_sum = _split_sum(partial_ptr, 1, k, out_ok, width, n_splits)
+    g_sum = _split_sum(partial_ptr, 1, k, out_ok, width, n_splits, BLOCK_SPLITS)
     if BIAS_GRAD:
         tl.store(bias_grad_ptr + k, g_sum, mask=out_ok)
     if HAS_SCALE:
@@ -266,32 +267,32 @@ def _coordinate_grads_kernel(
     else:
         s = k.to(tl.float32) * 0.0 + 1.0
     if SCALE_GRAD:  # Σ_t g ⊙ h with h = (y − b)/s
-        weighted = _split_sum(partial_ptr, 0, k, out_ok, width, n_splits)
+        weighted = _split_sum(partial_ptr, 0, k, out_ok, width, n_splits, BLOCK_SPLITS)
         if HAS_BIAS:
             weighted -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * g_sum
         tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
     if STATS_OUT:
-        gg = _split_sum(partial_ptr, 6, k, out_ok, width, n_splits)
+        gg = _split_sum(partial_ptr, 6, k, out_ok, width, n_splits, BLOCK_SPLITS)
         tl.store(stats_out_ptr + k, tl.load(stats_out_ptr + k, mask=out_ok) + gg * inv_tokens, mask=out_ok)
     if STATS_IN:
-        xx = _split_sum(partial_ptr, 7, k, in_ok, width, n_splits)
+        xx = _split_sum(partial_ptr, 7, k, in_ok, width, n_splits, BLOCK_SPLITS)
         tl.store(stats_in_ptr + k, tl.load(stats_in_ptr + k, mask=in_ok) + xx * inv_tokens, mask=in_ok)
     if PARAMS:
         q, cos_L, sin_L = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
         _, cos_Rk, sin_Rk = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
         _, cos_Rq, sin_Rq = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
         # upstream gradients of the four entries of row k (Σ_t (g s)_k x_col), and G3, G4 of row q
-        G1 = _split_sum(partial_ptr, 2, k, out_ok, width, n_splits) * s
-        G2 = _split_sum(partial_ptr, 3, k, out_ok, width, n_splits) * s
-        G3 = _split_sum(partial_ptr, 4, k, out_ok, width, n_splits) * s
-        G4 = _split_sum(partial_ptr, 5, k, out_ok, width, n_splits) * s
+        G1 = _split_sum(partial_ptr, 2, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
+        G2 = _split_sum(partial_ptr, 3, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
+        G3 = _split_sum(partial_ptr, 4, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
+        G4 = _split_sum(partial_ptr, 5, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
         if HAS_SCALE:
             s_q = tl.load(scale_ptr + q, mask=out_ok, other=1.0).to(tl.float32)
         else:
             s_q = s
         sin_Lq = -sin_L  # partner_L is an involution: sin_L(q) = −sin_L(k) (both 0 when unpaired)
-        a_q = _split_sum(partial_ptr, 4, q, out_ok, width, n_splits) * s_q * sin_Lq
-        b_q = _split_sum(partial_ptr, 5, q, out_ok, width, n_splits) * s_q * sin_Lq
+        a_q = _split_sum(partial_ptr, 4, q, out_ok, width, n_splits, BLOCK_SPLITS) * s_q * sin_Lq
+        b_q = _split_sum(partial_ptr, 5, q, out_ok, width, n_splits, BLOCK_SPLITS) * s_q * sin_Lq
         c_k = tl.load(diag_ptr + k, mask=k < n_diag, other=0.0).to(tl.float32)
         c_q = tl.load(diag_ptr + q, mask=out_ok & (q < n_diag), other=0.0).to(tl.float32)
         own = G1 * cos_Rk + G2 * sin_Rk
@@ -521,14 +522,14 @@ class _DiagLinearTriton(torch.autograd.Function):
             BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_S=_SLOT_BLOCK,
         )  # fmt: skip
         scale = inner_scale if mode >= _OER else scale_or_logits
-        block = 128
+        block = 64
         _coordinate_grads_kernel[(triton.cdiv(width, block),)](
             partial, splits, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), diag, diag_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0], pairs_R,
             theta_R, pairs_R.shape[0], n, m, min(n, m),
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
-            BLOCK=block, BLOCK_S=_SLOT_BLOCK,
+            BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=triton.next_power_of_2(splits),
         )  # fmt: skip
         logits_wanted = scale_grad and mode >= _OER
         if logits_wanted or needs[4] or needs[5]:
