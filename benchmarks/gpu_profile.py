@@ -46,6 +46,7 @@ def main() -> int:
             run()
         torch.cuda.synchronize()
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25, max_name_column_width=60))
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
     print(
         prof.key_averages(group_by_stack_n=4).table(
             sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60
