@@ -35,9 +35,8 @@ DIAG_TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, to
 # scale modes (constexpr): no scale, a given scale tensor, OER softmax, ECD tanh
 _NO_SCALE, _GIVEN_SCALE, _OER, _ECD = 0, 1, 2, 3
 _MAGNITUDE_MODES = {"oer_softmax": _OER, "ecd_tanh": _ECD}
-# rows of the token-sum partials
-_GY, _G, _G1, _G2, _G3, _G4, _GG, _XX = range(8)
-_N_SUMS = 8
+_N_COLUMN_SUMS = 5  # per split: Σg·y, Σg, Σg_k x_k, Σg², Σx² (each of width max(n, m)), then the entry sums
+_ENTRY_BLOCK = 64
 _SLOT_BLOCK = 32
 
 
@@ -53,8 +52,12 @@ def _cos_sin(theta, CAYLEY: tl.constexpr):
 
 @triton.jit
 def _lookup(k, pairs_ptr, theta_ptr, n_slots, CAYLEY: tl.constexpr, BLOCK_S: tl.constexpr):
-    """``(partner, cos, sin)`` of coordinates ``k`` under one side: ``(R v)_k = cos v_k + sin v_partner``."""
+    """``(partner, cos, sin, entry)`` of coordinates ``k`` under one side: ``(R v)_k = cos v_k + sin v_partner``.
+
+    ``entry`` is ``2·slot + position`` of ``k`` in the table (``-1`` where ``k`` is unpaired).
+    """
     partner = k
+    entry = k * 0 - 1
     cos = k.to(tl.float32) * 0.0 + 1.0
     sin = k.to(tl.float32) * 0.0
     for start in range(0, n_slots, BLOCK_S):
@@ -68,9 +71,12 @@ def _lookup(k, pairs_ptr, theta_ptr, n_slots, CAYLEY: tl.constexpr, BLOCK_S: tl.
         partner += tl.sum(
             tl.where(hit_i, j[None, :] - k[:, None], 0) + tl.where(hit_j, i[None, :] - k[:, None], 0), 1
         )
+        entry += tl.sum(
+            tl.where(hit_i, 2 * slots[None, :] + 1, 0) + tl.where(hit_j, 2 * slots[None, :] + 2, 0), 1
+        )
         cos += tl.sum(tl.where(hit_i | hit_j, c[None, :] - 1.0, 0.0), 1)
         sin += tl.sum(tl.where(hit_i, s[None, :], 0.0) - tl.where(hit_j, s[None, :], 0.0), 1)
-    return partner, cos, sin
+    return partner, cos, sin, entry
 
 
 @triton.jit
@@ -147,9 +153,9 @@ def _fold_kernel(
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
-    q, cos_L, sin_L = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
-    partner_k, cos_Rk, sin_Rk = _lookup(rows, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
-    partner_q, cos_Rq, sin_Rq = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+    q, cos_L, sin_L, _ = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+    partner_k, cos_Rk, sin_Rk, _ = _lookup(rows, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+    partner_q, cos_Rq, sin_Rq, _ = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
     c_k = tl.load(diag_ptr + rows, mask=rows < n_diag, other=0.0).to(tl.float32)
     c_q = tl.load(diag_ptr + q, mask=row_ok & (q < n_diag), other=0.0).to(tl.float32)
     e1 = c_k * cos_L * cos_Rk
@@ -174,81 +180,106 @@ def _fold_kernel(
 
 @triton.jit
 def _token_sums_kernel(
-    g_ptr, y_ptr, x_ptr, partial_ptr, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
-    n_tokens, n_out, n_in, width, stride_g, stride_y, stride_x, tokens_per_split,
+    g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
+    n_tokens, n_out, n_in, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
     HAS_Y: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """Partial token sums of one split of tokens for a block of coordinates (fp32, rows of ``_N_SUMS``)."""
+    """Partial token sums of one split of tokens (fp32).
+
+    Programs ``pid < n_col_blocks`` take a block of coordinates ``k`` and stream ``g``, ``y``, ``x`` with
+    contiguous loads: ``Σg·y``, ``Σg``, ``Σ g_k x_k``, ``Σg²``, ``Σx²`` (rows 0-4 of ``width``). The others
+    take a block of rotation entries — ``(row, column)`` positions of ``ΔW`` that depend on an angle, off the
+    diagonal — and gather ``Σ_t g[t, row] x[t, column]`` (after row ``5·width``: ``G2`` for the ``2 S_R``
+    entries of ``R``'s pairs, then ``G3`` and ``G4`` for the ``2 S_L`` entries each of ``L``'s). They run
+    beside the column programs of the same split, so their gathers mostly hit L2.
+    """
     split = tl.program_id(1)
-    k = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
-    out_ok = k < n_out
-    in_ok = k < n_in
-    if PARAMS:
-        q, _, _ = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, False, BLOCK_S)
-        partner_k, _, _ = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, False, BLOCK_S)
-        partner_q, _, _ = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, False, BLOCK_S)
-        rotated_R = out_ok & (partner_k != k)  # G2 is read only where a rotation touches the row
-        rotated_L = out_ok & (q != k) & (q < n_in)
-        rotated_LR = out_ok & (q != k) & (partner_q < n_in)
-    acc_gy = tl.zeros((BLOCK_C,), tl.float32)
-    acc_g = tl.zeros((BLOCK_C,), tl.float32)
-    acc_g1 = tl.zeros((BLOCK_C,), tl.float32)
-    acc_g2 = tl.zeros((BLOCK_C,), tl.float32)
-    acc_g3 = tl.zeros((BLOCK_C,), tl.float32)
-    acc_g4 = tl.zeros((BLOCK_C,), tl.float32)
-    acc_gg = tl.zeros((BLOCK_C,), tl.float32)
-    acc_xx = tl.zeros((BLOCK_C,), tl.float32)
+    block = tl.program_id(0)
     first = split * tokens_per_split
-    for offset in range(0, tokens_per_split, BLOCK_T):
-        t = first + offset + tl.arange(0, BLOCK_T)
-        t_ok = (t < n_tokens) & (t < first + tokens_per_split)
-        t64 = t[:, None].to(tl.int64)
-        g = tl.load(g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
-        g = g.to(tl.float32)
-        acc_g += tl.sum(g, 0)
-        if HAS_Y:
-            y = tl.load(y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
-            acc_gy += tl.sum(g * y.to(tl.float32), 0)
-        if STATS_OUT:
-            acc_gg += tl.sum(g * g, 0)
-        if PARAMS or STATS_IN:
-            x_row = x_ptr + t64 * stride_x
-            x = tl.load(x_row + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0).to(tl.float32)
-            if STATS_IN:
-                acc_xx += tl.sum(x * x, 0)
-            if PARAMS:
-                acc_g1 += tl.sum(g * x, 0)
-                x2 = tl.load(x_row + partner_k[None, :], mask=t_ok[:, None] & rotated_R[None, :], other=0.0)
-                acc_g2 += tl.sum(g * x2.to(tl.float32), 0)
-                x3 = tl.load(x_row + q[None, :], mask=t_ok[:, None] & rotated_L[None, :], other=0.0)
-                acc_g3 += tl.sum(g * x3.to(tl.float32), 0)
-                x4 = tl.load(x_row + partner_q[None, :], mask=t_ok[:, None] & rotated_LR[None, :], other=0.0)
-                acc_g4 += tl.sum(g * x4.to(tl.float32), 0)
-    ok = k < width
-    base = partial_ptr + split * 8 * width + k
-    tl.store(base + 0 * width, acc_gy, mask=ok)
-    tl.store(base + 1 * width, acc_g, mask=ok)
-    tl.store(base + 2 * width, acc_g1, mask=ok)
-    tl.store(base + 3 * width, acc_g2, mask=ok)
-    tl.store(base + 4 * width, acc_g3, mask=ok)
-    tl.store(base + 5 * width, acc_g4, mask=ok)
-    tl.store(base + 6 * width, acc_gg, mask=ok)
-    tl.store(base + 7 * width, acc_xx, mask=ok)
+    base = partial_ptr + split * split_stride
+    if block < n_col_blocks:
+        k = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        out_ok = k < n_out
+        in_ok = k < n_in
+        acc_gy = tl.zeros((BLOCK_C,), tl.float32)
+        acc_g = tl.zeros((BLOCK_C,), tl.float32)
+        acc_gx = tl.zeros((BLOCK_C,), tl.float32)
+        acc_gg = tl.zeros((BLOCK_C,), tl.float32)
+        acc_xx = tl.zeros((BLOCK_C,), tl.float32)
+        for offset in range(0, tokens_per_split, BLOCK_T):
+            t = first + offset + tl.arange(0, BLOCK_T)
+            t_ok = (t < n_tokens) & (t < first + tokens_per_split)
+            t64 = t[:, None].to(tl.int64)
+            g = tl.load(g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
+            g = g.to(tl.float32)
+            acc_g += tl.sum(g, 0)
+            if HAS_Y:
+                y = tl.load(
+                    y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
+                )
+                acc_gy += tl.sum(g * y.to(tl.float32), 0)
+            if STATS_OUT:
+                acc_gg += tl.sum(g * g, 0)
+            if PARAMS or STATS_IN:
+                x = tl.load(
+                    x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0
+                )
+                x = x.to(tl.float32)
+                if STATS_IN:
+                    acc_xx += tl.sum(x * x, 0)
+                if PARAMS:
+                    acc_gx += tl.sum(g * x, 0)
+        ok = k < width
+        tl.store(base + k, acc_gy, mask=ok)
+        tl.store(base + width + k, acc_g, mask=ok)
+        tl.store(base + 2 * width + k, acc_gx, mask=ok)
+        tl.store(base + 3 * width + k, acc_gg, mask=ok)
+        tl.store(base + 4 * width + k, acc_xx, mask=ok)
+    else:
+        e = (block - n_col_blocks) * BLOCK_E + tl.arange(0, BLOCK_E)
+        n_R2 = 2 * n_R
+        n_L2 = 2 * n_L
+        in_R = e < n_R2
+        in_L = (e >= n_R2) & (e < n_R2 + 2 * n_L2)
+        is_G3 = e < n_R2 + n_L2
+        e_L = tl.where(in_L, tl.where(is_G3, e - n_R2, e - n_R2 - n_L2), 0)
+        e_R = tl.where(in_R, e, 0)
+        # G2 entries: (k, partner_R(k)) for k in R's pairs; G3/G4: (k, q) and (k, partner_R(q)), q = partner_L(k)
+        row_R = tl.load(pairs_R_ptr + e_R, mask=in_R, other=-1).to(tl.int32)
+        col_R = tl.load(pairs_R_ptr + (e_R ^ 1), mask=in_R, other=-1).to(tl.int32)
+        row_L = tl.load(pairs_L_ptr + e_L, mask=in_L, other=-1).to(tl.int32)
+        q = tl.load(pairs_L_ptr + (e_L ^ 1), mask=in_L, other=-1).to(tl.int32)
+        partner_q, _, _, _ = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, False, BLOCK_S)
+        row = tl.where(in_R, row_R, row_L)
+        col = tl.where(in_R, col_R, tl.where(is_G3, q, partner_q))
+        valid = (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
+        row = tl.where(valid, row, 0)
+        col = tl.where(valid, col, 0)
+        acc = tl.zeros((BLOCK_E,), tl.float32)
+        for offset in range(0, tokens_per_split, BLOCK_T):
+            t = first + offset + tl.arange(0, BLOCK_T)
+            t_ok = (t < n_tokens) & (t < first + tokens_per_split)
+            t64 = t[:, None].to(tl.int64)
+            mask = t_ok[:, None] & valid[None, :]
+            g = tl.load(g_ptr + t64 * stride_g + row[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + t64 * stride_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+            acc += tl.sum(g * x, 0)
+        tl.store(base + 5 * width + e, acc, mask=e < n_R2 + 2 * n_L2)
 
 
 @triton.jit
-def _split_sum(partial_ptr, row: tl.constexpr, k, mask, width, n_splits, BLOCK_SPLITS: tl.constexpr):
-    """``Σ_split partial[split, row, k]``: one 2-D load (independent loads in flight, not a serial loop)."""
+def _split_sum(ptr, index, mask, split_stride, n_splits, BLOCK_SPLITS: tl.constexpr):
+    """``Σ_split ptr[split · split_stride + index]``: one 2-D load (independent loads in flight)."""
     splits = tl.arange(0, BLOCK_SPLITS)
-    offsets = (splits[:, None] * 8 + row) * width + k[None, :]
-    tile = tl.load(partial_ptr + offsets, mask=(splits[:, None] < n_splits) & mask[None, :], other=0.0)
+    offsets = splits[:, None] * split_stride + index[None, :]
+    tile = tl.load(ptr + offsets, mask=(splits[:, None] < n_splits) & mask[None, :], other=0.0)
     return tl.sum(tile, 0)
 
 
 @triton.jit
 def _coordinate_grads_kernel(
-    partial_ptr, n_splits, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
+    partial_ptr, n_splits, split_stride, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
     stats_out_ptr, stats_in_ptr, inv_tokens, diag_ptr, diag_grad_ptr, table_grad_ptr,
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
@@ -259,7 +290,7 @@ def _coordinate_grads_kernel(
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
     in_ok = k < n_in
-    g_sum = _split_sum(partial_ptr, 1, k, out_ok, width, n_splits, BLOCK_SPLITS)
+    g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
     if BIAS_GRAD:
         tl.store(bias_grad_ptr + k, g_sum, mask=out_ok)
     if HAS_SCALE:
@@ -267,32 +298,47 @@ def _coordinate_grads_kernel(
     else:
         s = k.to(tl.float32) * 0.0 + 1.0
     if SCALE_GRAD:  # Σ_t g ⊙ h with h = (y − b)/s
-        weighted = _split_sum(partial_ptr, 0, k, out_ok, width, n_splits, BLOCK_SPLITS)
+        weighted = _split_sum(partial_ptr, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
         if HAS_BIAS:
             weighted -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * g_sum
         tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
     if STATS_OUT:
-        gg = _split_sum(partial_ptr, 6, k, out_ok, width, n_splits, BLOCK_SPLITS)
+        gg = _split_sum(partial_ptr + 3 * width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
         tl.store(stats_out_ptr + k, tl.load(stats_out_ptr + k, mask=out_ok) + gg * inv_tokens, mask=out_ok)
     if STATS_IN:
-        xx = _split_sum(partial_ptr, 7, k, in_ok, width, n_splits, BLOCK_SPLITS)
+        xx = _split_sum(partial_ptr + 4 * width, k, in_ok, split_stride, n_splits, BLOCK_SPLITS)
         tl.store(stats_in_ptr + k, tl.load(stats_in_ptr + k, mask=in_ok) + xx * inv_tokens, mask=in_ok)
     if PARAMS:
-        q, cos_L, sin_L = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
-        _, cos_Rk, sin_Rk = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
-        _, cos_Rq, sin_Rq = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
-        # upstream gradients of the four entries of row k (Σ_t (g s)_k x_col), and G3, G4 of row q
-        G1 = _split_sum(partial_ptr, 2, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
-        G2 = _split_sum(partial_ptr, 3, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
-        G3 = _split_sum(partial_ptr, 4, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
-        G4 = _split_sum(partial_ptr, 5, k, out_ok, width, n_splits, BLOCK_SPLITS) * s
+        q, cos_L, sin_L, entry_L = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+        _, cos_Rk, sin_Rk, entry_R = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+        _, cos_Rq, sin_Rq, _ = _lookup(q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+        # upstream gradients of the four entries of row k (Σ_t (g s)_k x_col), and G3, G4 of row q; the
+        # rotation entries of a row are 0 where no rotation touches it (their coefficients vanish there)
+        pair_ptr = partial_ptr + 5 * width
+        rotated_R = out_ok & (entry_R >= 0)
+        rotated_L = out_ok & (entry_L >= 0)
+        G1 = _split_sum(partial_ptr + 2 * width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS) * s
+        G2 = (
+            _split_sum(
+                pair_ptr, tl.where(rotated_R, entry_R, 0), rotated_R, split_stride, n_splits, BLOCK_SPLITS
+            )
+            * s
+        )
+        e3 = tl.where(rotated_L, 2 * n_R + entry_L, 0)
+        G3 = _split_sum(pair_ptr, e3, rotated_L, split_stride, n_splits, BLOCK_SPLITS) * s
+        G4 = _split_sum(pair_ptr, e3 + 2 * n_L, rotated_L, split_stride, n_splits, BLOCK_SPLITS) * s
         if HAS_SCALE:
             s_q = tl.load(scale_ptr + q, mask=out_ok, other=1.0).to(tl.float32)
         else:
             s_q = s
         sin_Lq = -sin_L  # partner_L is an involution: sin_L(q) = −sin_L(k) (both 0 when unpaired)
-        a_q = _split_sum(partial_ptr, 4, q, out_ok, width, n_splits, BLOCK_SPLITS) * s_q * sin_Lq
-        b_q = _split_sum(partial_ptr, 5, q, out_ok, width, n_splits, BLOCK_SPLITS) * s_q * sin_Lq
+        e3_q = tl.where(rotated_L, 2 * n_R + (entry_L ^ 1), 0)  # q's entry: the other position of k's slot
+        a_q = _split_sum(pair_ptr, e3_q, rotated_L, split_stride, n_splits, BLOCK_SPLITS) * s_q * sin_Lq
+        b_q = (
+            _split_sum(pair_ptr, e3_q + 2 * n_L, rotated_L, split_stride, n_splits, BLOCK_SPLITS)
+            * s_q
+            * sin_Lq
+        )
         c_k = tl.load(diag_ptr + k, mask=k < n_diag, other=0.0).to(tl.float32)
         c_q = tl.load(diag_ptr + q, mask=out_ok & (q < n_diag), other=0.0).to(tl.float32)
         own = G1 * cos_Rk + G2 * sin_Rk
@@ -507,7 +553,9 @@ class _DiagLinearTriton(torch.autograd.Function):
         splits = max(1, min(64, triton.cdiv(tokens, 256)))
         tokens_per_split = triton.cdiv(triton.cdiv(max(tokens, 1), splits), block_t) * block_t
         splits = max(1, triton.cdiv(tokens, tokens_per_split))
-        partial = torch.empty(splits * _N_SUMS * width, dtype=torch.float32, device=x.device)
+        entries = 2 * pairs_R.shape[0] + 4 * pairs_L.shape[0] if params else 0
+        split_stride = _N_COLUMN_SUMS * width + entries
+        partial = torch.empty(splits * split_stride, dtype=torch.float32, device=x.device)
         # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad)
         sizes = (4 * width, min(n, m), n, n, n, pairs_L.shape[0], pairs_R.shape[0])
         workspace = torch.empty(sum(sizes), dtype=torch.float32, device=x.device)
@@ -515,16 +563,17 @@ class _DiagLinearTriton(torch.autograd.Function):
             workspace.split(sizes)
         )
         cayley = config["cayley"]
-        _token_sums_kernel[(triton.cdiv(width, block_c), splits)](
-            g, y, xs, partial, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
-            tokens, n, m, width, g.stride(0), y.stride(0), xs.stride(0), tokens_per_split,
+        col_blocks = triton.cdiv(width, block_c)
+        _token_sums_kernel[(col_blocks + triton.cdiv(entries, _ENTRY_BLOCK), splits)](
+            g, y, xs, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
+            tokens, n, m, width, g.stride(0), y.stride(0), xs.stride(0), tokens_per_split, col_blocks,
             HAS_Y=out is not None, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None,
-            BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_S=_SLOT_BLOCK,
+            BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
         )  # fmt: skip
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = 64
         _coordinate_grads_kernel[(triton.cdiv(width, block),)](
-            partial, splits, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
+            partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), diag, diag_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0], pairs_R,
             theta_R, pairs_R.shape[0], n, m, min(n, m),
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
