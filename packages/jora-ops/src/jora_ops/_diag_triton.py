@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from jora_ops.triton_kernels import host_cdiv as _cdiv
+
 __all__ = ["DIAG_TRITON_DTYPES", "diag_linear_triton"]
 
 DIAG_TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
@@ -37,7 +39,14 @@ _NO_SCALE, _GIVEN_SCALE, _OER, _ECD = 0, 1, 2, 3
 _MAGNITUDE_MODES = {"oer_softmax": _OER, "ecd_tanh": _ECD}
 _N_COLUMN_SUMS = 5  # per split: Σg·y, Σg, Σg_k x_k, Σg², Σx² (each of width max(n, m)), then the entry sums
 _ENTRY_BLOCK = 64
+# block shapes (rows, columns) of the fold per weight layout, and (coordinates, tokens) of the token sums
+FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 256), "conv1d": (64, 64)}
+TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
 _SLOT_BLOCK = 32
+
+
+def _next_power_of_2(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
 
 
 @triton.jit
@@ -202,40 +211,41 @@ def _token_sums_kernel(
         k = block * BLOCK_C + tl.arange(0, BLOCK_C)
         out_ok = k < n_out
         in_ok = k < n_in
-        acc_gy = tl.zeros((BLOCK_C,), tl.float32)
-        acc_g = tl.zeros((BLOCK_C,), tl.float32)
-        acc_gx = tl.zeros((BLOCK_C,), tl.float32)
-        acc_gg = tl.zeros((BLOCK_C,), tl.float32)
-        acc_xx = tl.zeros((BLOCK_C,), tl.float32)
+        # 2-D accumulators: one reduction over tokens at the end instead of one per token block
+        acc_gy = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_g = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_gg = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_xx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         for offset in range(0, tokens_per_split, BLOCK_T):
             t = first + offset + tl.arange(0, BLOCK_T)
             t_ok = (t < n_tokens) & (t < first + tokens_per_split)
             t64 = t[:, None].to(tl.int64)
             g = tl.load(g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
             g = g.to(tl.float32)
-            acc_g += tl.sum(g, 0)
+            acc_g += g
             if HAS_Y:
                 y = tl.load(
                     y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
                 )
-                acc_gy += tl.sum(g * y.to(tl.float32), 0)
+                acc_gy += g * y.to(tl.float32)
             if STATS_OUT:
-                acc_gg += tl.sum(g * g, 0)
+                acc_gg += g * g
             if PARAMS or STATS_IN:
                 x = tl.load(
                     x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0
                 )
                 x = x.to(tl.float32)
                 if STATS_IN:
-                    acc_xx += tl.sum(x * x, 0)
+                    acc_xx += x * x
                 if PARAMS:
-                    acc_gx += tl.sum(g * x, 0)
+                    acc_gx += g * x
         ok = k < width
-        tl.store(base + k, acc_gy, mask=ok)
-        tl.store(base + width + k, acc_g, mask=ok)
-        tl.store(base + 2 * width + k, acc_gx, mask=ok)
-        tl.store(base + 3 * width + k, acc_gg, mask=ok)
-        tl.store(base + 4 * width + k, acc_xx, mask=ok)
+        tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
+        tl.store(base + width + k, tl.sum(acc_g, 0), mask=ok)
+        tl.store(base + 2 * width + k, tl.sum(acc_gx, 0), mask=ok)
+        tl.store(base + 3 * width + k, tl.sum(acc_gg, 0), mask=ok)
+        tl.store(base + 4 * width + k, tl.sum(acc_xx, 0), mask=ok)
     else:
         e = (block - n_col_blocks) * BLOCK_E + tl.arange(0, BLOCK_E)
         n_R2 = 2 * n_R
@@ -256,7 +266,7 @@ def _token_sums_kernel(
         valid = (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
         row = tl.where(valid, row, 0)
         col = tl.where(valid, col, 0)
-        acc = tl.zeros((BLOCK_E,), tl.float32)
+        acc = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
         for offset in range(0, tokens_per_split, BLOCK_T):
             t = first + offset + tl.arange(0, BLOCK_T)
             t_ok = (t < n_tokens) & (t < first + tokens_per_split)
@@ -264,8 +274,8 @@ def _token_sums_kernel(
             mask = t_ok[:, None] & valid[None, :]
             g = tl.load(g_ptr + t64 * stride_g + row[None, :], mask=mask, other=0.0).to(tl.float32)
             x = tl.load(x_ptr + t64 * stride_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
-            acc += tl.sum(g * x, 0)
-        tl.store(base + 5 * width + e, acc, mask=e < n_R2 + 2 * n_L2)
+            acc += g * x
+        tl.store(base + 5 * width + e, tl.sum(acc, 0), mask=e < n_R2 + 2 * n_L2)
 
 
 @triton.jit
@@ -497,8 +507,8 @@ class _DiagLinearTriton(torch.autograd.Function):
         scale = torch.empty(n, dtype=torch.float32, device=x.device) if mode >= _OER else scale_or_logits
         logits = scale_or_logits if mode >= _OER else None
         offset = config["offset"]
-        block_rows, block_cols = (16, 256) if linear else (64, 64)
-        _fold_kernel[(triton.cdiv(n, block_rows),)](
+        block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
+        _fold_kernel[(_cdiv(n, block_rows),)](
             weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
             diag, offset, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
             n, m, min(n, m), m if linear else 1, 1 if linear else n, config["eps"], config["alpha"],
@@ -538,21 +548,15 @@ class _DiagLinearTriton(torch.autograd.Function):
                 config["on_backward"]()
             return None, grad_x, None, None, None, None, None, None
 
-        g = grad_out.reshape(-1, n)
-        if not g.is_contiguous():
-            g = g.contiguous()
-        xs = x.reshape(-1, m)
-        if not xs.is_contiguous():
-            xs = xs.contiguous()
-        y = out.reshape(-1, n) if out is not None else g
-        if not y.is_contiguous():
-            y = y.contiguous()
+        g = grad_out.reshape(-1, n).contiguous()
+        xs = x.reshape(-1, m).contiguous()
+        y = out.reshape(-1, n).contiguous() if out is not None else g
         tokens = g.shape[0]
         width = max(n, m)
-        block_c, block_t = 64, 32
-        splits = max(1, min(64, triton.cdiv(tokens, 256)))
-        tokens_per_split = triton.cdiv(triton.cdiv(max(tokens, 1), splits), block_t) * block_t
-        splits = max(1, triton.cdiv(tokens, tokens_per_split))
+        block_c, block_t = TOKEN_SUM_BLOCKS
+        splits = max(1, min(64, _cdiv(tokens, 256)))
+        tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
+        splits = max(1, _cdiv(tokens, tokens_per_split))
         entries = 2 * pairs_R.shape[0] + 4 * pairs_L.shape[0] if params else 0
         split_stride = _N_COLUMN_SUMS * width + entries
         partial = torch.empty(splits * split_stride, dtype=torch.float32, device=x.device)
@@ -563,8 +567,8 @@ class _DiagLinearTriton(torch.autograd.Function):
             workspace.split(sizes)
         )
         cayley = config["cayley"]
-        col_blocks = triton.cdiv(width, block_c)
-        _token_sums_kernel[(col_blocks + triton.cdiv(entries, _ENTRY_BLOCK), splits)](
+        col_blocks = _cdiv(width, block_c)
+        _token_sums_kernel[(col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits)](
             g, y, xs, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
             tokens, n, m, width, g.stride(0), y.stride(0), xs.stride(0), tokens_per_split, col_blocks,
             HAS_Y=out is not None, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None,
@@ -572,13 +576,13 @@ class _DiagLinearTriton(torch.autograd.Function):
         )  # fmt: skip
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = 64
-        _coordinate_grads_kernel[(triton.cdiv(width, block),)](
+        _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), diag, diag_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0], pairs_R,
             theta_R, pairs_R.shape[0], n, m, min(n, m),
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
-            BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=triton.next_power_of_2(splits),
+            BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
         )  # fmt: skip
         logits_wanted = scale_grad and mode >= _OER
         if logits_wanted or needs[4] or needs[5]:

@@ -17,6 +17,11 @@ from jora_ops.rotation import rotation_cos_sin
 __all__ = ["apply_rotations_triton", "column_sums_triton"]
 
 
+def host_cdiv(a: int, b: int) -> int:
+    """Host-side ceiling division (``triton.cdiv`` is a constexpr function, slow to call from Python)."""
+    return -(-a // b)
+
+
 @triton.jit
 def _rotate_pairs_kernel(
     x_ptr,
@@ -61,7 +66,7 @@ def _rotate(x: torch.Tensor, pairs: torch.Tensor, cos: torch.Tensor, sin: torch.
         idx_i = pairs[:, 0].contiguous().to(torch.int64)
         idx_j = pairs[:, 1].contiguous().to(torch.int64)
         block_rows, block_pairs = 32, 32
-        grid = (triton.cdiv(n_rows, block_rows), triton.cdiv(n_pairs, block_pairs))
+        grid = (host_cdiv(n_rows, block_rows), host_cdiv(n_pairs, block_pairs))
         _rotate_pairs_kernel[grid](
             rows,
             out,
@@ -152,11 +157,11 @@ def _column_sums_kernel(
     out_ok = cols < n_out
     in_ok = cols < n_in
     diag_ok = cols < n_diag
-    acc_gy = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
-    acc_gx = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
-    acc_gg = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
-    acc_xx = tl.zeros((BLOCK_COLS,), dtype=tl.float32)
+    acc_gy = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
+    acc_gx = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
+    acc_gg = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
+    acc_xx = tl.zeros((BLOCK_ROWS, BLOCK_COLS), dtype=tl.float32)
     row_start = split * rows_per_program
     for offset in range(0, rows_per_program, BLOCK_ROWS):
         rows = row_start + offset + tl.arange(0, BLOCK_ROWS)
@@ -166,30 +171,30 @@ def _column_sums_kernel(
             g_ptr + row_base * stride_g + cols[None, :], mask=row_ok[:, None] & out_ok[None, :], other=0.0
         )
         g = g.to(tl.float32)
-        acc_g += tl.sum(g, axis=0)
+        acc_g += g
         if HAS_Y:
             y = tl.load(
                 y_ptr + row_base * stride_y + cols[None, :], mask=row_ok[:, None] & out_ok[None, :], other=0.0
             )
-            acc_gy += tl.sum(g * y.to(tl.float32), axis=0)
+            acc_gy += g * y.to(tl.float32)
         if HAS_X or STATS:
             x = tl.load(
                 x_ptr + row_base * stride_x + cols[None, :], mask=row_ok[:, None] & in_ok[None, :], other=0.0
             )
             x = x.to(tl.float32)
             if HAS_X:
-                acc_gx += tl.sum(tl.where(diag_ok[None, :], g * x, 0.0), axis=0)
+                acc_gx += tl.where(diag_ok[None, :], g * x, 0.0)
             if STATS:
-                acc_xx += tl.sum(x * x, axis=0)
+                acc_xx += x * x
         if STATS:
-            acc_gg += tl.sum(g * g, axis=0)
+            acc_gg += g * g
     width = tl.maximum(n_out, n_in)
     base = out_ptr + split * 5 * width
-    tl.store(base + cols, acc_gy, mask=out_ok)
-    tl.store(base + width + cols, acc_g, mask=out_ok)
-    tl.store(base + 2 * width + cols, acc_gx, mask=diag_ok)
-    tl.store(base + 3 * width + cols, acc_gg, mask=out_ok)
-    tl.store(base + 4 * width + cols, acc_xx, mask=in_ok)
+    tl.store(base + cols, tl.sum(acc_gy, 0), mask=out_ok)
+    tl.store(base + width + cols, tl.sum(acc_g, 0), mask=out_ok)
+    tl.store(base + 2 * width + cols, tl.sum(acc_gx, 0), mask=diag_ok)
+    tl.store(base + 3 * width + cols, tl.sum(acc_gg, 0), mask=out_ok)
+    tl.store(base + 4 * width + cols, tl.sum(acc_xx, 0), mask=in_ok)
 
 
 def column_sums_triton(
@@ -203,15 +208,15 @@ def column_sums_triton(
     n_rows, n_out = grad.shape
     n_in = x.shape[1] if x is not None else 0
     width = max(n_out, n_in)
-    block_cols, block_rows = 64, 32
-    splits = max(1, min(64, triton.cdiv(n_rows, 256)))
-    rows_per_program = triton.cdiv(triton.cdiv(n_rows, splits), block_rows) * block_rows
-    splits = triton.cdiv(n_rows, rows_per_program) if n_rows else 1
+    block_cols, block_rows = 128, 16
+    splits = max(1, min(64, host_cdiv(n_rows, 256)))
+    rows_per_program = host_cdiv(host_cdiv(n_rows, splits), block_rows) * block_rows
+    splits = host_cdiv(n_rows, rows_per_program) if n_rows else 1
     partial = torch.zeros(splits, 5, width, device=grad.device, dtype=torch.float32)
     grad = grad.contiguous()
     y = out.contiguous() if out is not None else grad
     xs = x.contiguous() if x is not None else grad
-    grid = (triton.cdiv(width, block_cols), splits)
+    grid = (host_cdiv(width, block_cols), splits)
     _column_sums_kernel[grid](
         grad,
         y,
