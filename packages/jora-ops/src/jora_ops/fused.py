@@ -9,13 +9,16 @@ angles, the core parameters, the magnitude logits (or a given scale ``s``), the 
   ``_block_fold``, ``_lowrank_fold``): the forward is one matmul, and the backward reuses the folded weight
   and needs only token sums (diag: ≤ 4 non-zeros per row of ``ΔW``; block: ≤ 4b, plus block-diagonal sums)
   or LoRA-shaped skinny matmuls (lowrank).
+- On CUDA (``impl="auto"`` or ``"triton"``) the diag core with a base weight in fp32/bf16/fp16 runs entirely
+  in Triton kernels (``jora_ops._diag_triton``): fold and scale in one kernel, then cuBLAS; in backward
+  cuBLAS for ``∂L/∂x`` and three kernels for every other gradient and the statistics.
 - Chained through ``base_output`` (several active adapters), ``ΔW x`` is computed with plain torch ops and
   recomputed in backward.
 
 Activations saved: ``x`` and, with a magnitude, the output ``y`` (tensors the surrounding network usually
 keeps anyway), plus the folded weight for the fold paths and O(n + m) extras. Pair tables passed here hold
-only active pairs (no ``-1`` rows): the per-adapter module passes the active prefix of its slot table,
-whose length it knows on the host.
+only active pairs (no ``-1`` rows; the Triton diag path also accepts ``-1`` rows): the per-adapter module
+passes the active prefix of its slot table, whose length it knows on the host (the whole table once full).
 """
 
 from __future__ import annotations
@@ -380,7 +383,7 @@ def jora_linear(
             (also under activation checkpointing).
         stats_out: fp32 buffer ``[n]``; backward adds the token mean of ``(∂L/∂y)²``.
         on_backward: called once at the end of each backward of this function.
-        impl: ``"auto"``, ``"torch"`` or ``"triton"``.
+        impl: ``"auto"`` (Triton for CUDA tensors when triton imports), ``"torch"`` or ``"triton"``.
 
     Returns:
         ``y`` ``[..., n]`` in the base output's dtype.
