@@ -278,6 +278,7 @@ class JoraAdapter(nn.Module):
             return out
         return (out * self.scale()).to(out.dtype)
 
+    @torch.compiler.disable  # runs its own kernels; dynamo breaks the graph here once instead of retracing it
     def forward(
         self,
         x: torch.Tensor,
