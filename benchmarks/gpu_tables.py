@@ -29,6 +29,7 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from gpu_host import per_call_us
 from layers import BUILDERS, build, step_fn, trainable
 
 LAYER_METHODS = [
@@ -144,17 +145,8 @@ def host_overhead(report: dict) -> None:
         layer = build(method, 4096, 4096, dtype=torch.bfloat16, device="cuda")
         x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         run = step_fn(layer, x, torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16))
-        for _ in range(20):
-            run()
-        torch.cuda.synchronize()
-        samples = []
-        for _ in range(5):
-            start = time.perf_counter()
-            for _ in range(100):
-                run()
-            torch.cuda.synchronize()
-            samples.append((time.perf_counter() - start) / 100 * 1e6)
-        rows.append({"method": method, "us_per_fwd_bwd": sorted(samples)[2]})
+        us = per_call_us(run, calls=100)
+        rows.append({"method": method, "us_per_fwd_bwd": us})
         print("host", rows[-1], flush=True)
     report["host"] = rows
 
