@@ -95,7 +95,7 @@ def folded_matmul(
 
 
 def token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``Σ_t a[t, i] b[t, i]`` for 2-D ``a``, ``b`` (``vecdot``: no full-size temporary on CPU)."""
+    """``Σ_t a[t, i] b[t, i]`` for 2-D ``a``, ``b`` (``vecdot``)."""
     return torch.linalg.vecdot(a, b, dim=0)
 
 
