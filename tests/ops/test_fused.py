@@ -281,13 +281,13 @@ def test_triton_matches_torch_for_outputs_gradients_and_statistics(
     for impl in ("torch", "triton"):
         leaves = {
             "x": x.clone().requires_grad_(),
-            "bias": case.bias.to(device).requires_grad_(),
-            "theta_L": case.theta_L.to(device).requires_grad_(),
-            "theta_R": case.theta_R.to(device).requires_grad_(),
-            "diag": case.params[0].to(device).requires_grad_(),
+            "bias": case.bias.to(device).clone().requires_grad_(),
+            "theta_L": case.theta_L.to(device).clone().requires_grad_(),
+            "theta_R": case.theta_R.to(device).clone().requires_grad_(),
+            "diag": case.params[0].to(device).clone().requires_grad_(),
         }
         if with_scale:
-            leaves["scale"] = case.scale.to(device).requires_grad_()
+            leaves["scale"] = case.scale.to(device).clone().requires_grad_()
         stats_in, stats_out = torch.zeros(m, device=device), torch.zeros(n, device=device)
         kwargs = case.kwargs() | {
             "pairs_L": case.pairs_L.to(device),
@@ -311,6 +311,50 @@ def test_triton_matches_torch_for_outputs_gradients_and_statistics(
         assert rel_error(grads[key], value) < 1e-5, key
     assert rel_error(stats_in, ref_in) < 1e-5
     assert rel_error(stats_out, ref_out_stats) < 1e-5
+
+
+@needs_triton_backend
+@pytest.mark.parametrize("kind", ["block", "lowrank"])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_triton_token_sums_of_block_and_lowrank_match_torch(kind: str, layout: str) -> None:
+    """block and lowrank fold with torch ops and take their full-size token sums from the Triton pass."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    n, m = 21, 34
+    case = make_case(kind, n, m, seed=7, dtype=torch.float32, a_L=5, a_R=7)
+    weight = (case.weight if layout == "linear" else case.weight.T.contiguous()).to(device)
+    x = torch.randn(2, 150, m, device=device)
+    grad = torch.randn(2, 150, n, device=device)
+    results = {}
+    for impl in ("torch", "triton"):
+        leaves = {
+            "x": x.clone().requires_grad_(),
+            "bias": case.bias.to(device).clone().requires_grad_(),
+            "scale": case.scale.to(device).clone().requires_grad_(),
+            "theta_L": case.theta_L.to(device).clone().requires_grad_(),
+            "theta_R": case.theta_R.to(device).clone().requires_grad_(),
+            **{f"core{i}": p.to(device).clone().requires_grad_() for i, p in enumerate(case.params)},
+        }
+        stats_in, stats_out = torch.zeros(m, device=device), torch.zeros(n, device=device)
+        kwargs = case.kwargs() | {
+            "pairs_L": case.pairs_L.to(device),
+            "pairs_R": case.pairs_R.to(device),
+            "theta_L": leaves["theta_L"],
+            "theta_R": leaves["theta_R"],
+            "core_params": tuple(leaves[f"core{i}"] for i in range(len(case.params))),
+            "core_offset": tuple(p.to(device) for p in case.offset),
+            "scale": leaves["scale"],
+        }
+        out = jora_linear(
+            leaves["x"], weight, leaves["bias"], weight_layout=layout, stats_in=stats_in, stats_out=stats_out,
+            impl=impl, **kwargs,
+        )  # fmt: skip
+        out.backward(grad)
+        results[impl] = (out.detach(), {k: v.grad for k, v in leaves.items()}, stats_in, stats_out)
+    (ref_out, ref_grads, ref_in, ref_stats_out), (out, grads, stats_in, stats_out) = results.values()
+    assert rel_error(out, ref_out) < 1e-5
+    for key, value in ref_grads.items():
+        assert rel_error(grads[key], value) < 1e-5, key
+    assert rel_error(stats_in, ref_in) < 1e-5 and rel_error(stats_out, ref_stats_out) < 1e-5
 
 
 def test_triton_is_refused_where_it_has_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
