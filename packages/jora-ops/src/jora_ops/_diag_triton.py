@@ -1,4 +1,4 @@
-"""Triton kernels of the diag-core fused linear: the whole adapter in two launches forward and three backward.
+"""Triton kernels of the diag-core fused linear: one kernel and one matmul forward, one matmul and three kernels backward.
 
 The math is that of :mod:`jora_ops._diag_fold` (read its docstring first): ``ΔW`` of the diag core has at most
 four non-zeros per row, so the forward folds ``diag(s)(W + ΔW)`` into the weight and runs one cuBLAS matmul,
