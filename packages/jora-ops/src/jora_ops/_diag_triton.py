@@ -9,9 +9,9 @@ inside the kernels instead of as dozens of small torch ops:
   normaliser is a reduction over all rows, recomputed per program from L2 instead of costing a launch), looks
   up the rows' rotation partners directly in the slot tables (a compare against every slot: no scatter, no
   dense tables, empty ``-1`` slots never match) and writes ``s ⊙ (W + ΔW)`` in one pass over ``W``.
-- ``_token_sums_kernel`` (backward): one pass over ``g``, ``y`` and ``x`` per row split: ``Σg·y``, ``Σg``,
-  ``Σ g_k x_k``, the three sums at the rotation partners' columns (masked loads: only rotated rows read a
-  second column of ``x``) and the statistics ``Σg²``, ``Σx²``.
+- ``_token_sums_kernel`` (backward): per split of tokens, column programs stream ``g``, ``y`` and ``x`` once
+  (``Σg·y``, ``Σg``, ``Σ g_k x_k`` and the statistics ``Σg²``, ``Σx²``), and gather programs beside them sum
+  ``g[t, row] x[t, col]`` at the ``2 S_R + 4 S_L`` off-diagonal entries that depend on an angle.
 - ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
   (bias, scale, diag and the per-coordinate table gradients; statistics added to their buffers).
 - ``_slot_grads_kernel`` (one program): the magnitude logits' VJP (a reduction over rows) and the angle
