@@ -22,13 +22,17 @@ No host-device synchronisation: counts are shapes, everything else stays on the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import triton
 import triton.language as tl
 
 from jora_ops.triton_kernels import host_cdiv as _cdiv
+
+if TYPE_CHECKING:
+    from jora_ops.fused import Magnitude  # fused imports this module lazily: no cycle at run time
 
 __all__ = ["DIAG_TRITON_DTYPES", "diag_linear_triton"]
 
@@ -623,16 +627,15 @@ def diag_linear_triton(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     scale: torch.Tensor | None,
-    magnitude: Any,
+    magnitude: Magnitude | None,
     rotation_param: str,
     stats_in: torch.Tensor | None,
     stats_out: torch.Tensor | None,
-    on_backward: Any,
+    on_backward: Callable[[], None] | None,
 ) -> torch.Tensor:
     """The diag-core fused linear through the Triton kernels (arguments checked by ``jora_linear``).
 
-    Pair tables may hold empty ``-1`` slots (their angles get a zero gradient). ``magnitude`` is a
-    :class:`jora_ops.fused.Magnitude` or ``None``.
+    Pair tables may hold empty ``-1`` slots (their angles get a zero gradient).
     """
     n = weight.shape[0] if layout == "linear" else weight.shape[1]
     m = x.shape[-1]
