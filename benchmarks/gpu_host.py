@@ -34,7 +34,7 @@ def per_call_us(fn: Callable[[], object], calls: int = 200) -> float:
 
 
 def main() -> int:
-    from jora_ops import _diag_triton
+    from jora_ops import _sparse_core_triton
 
     dev, d, T = "cuda", 4096, 16
     x = torch.randn(T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
@@ -53,7 +53,7 @@ def main() -> int:
     theta = torch.zeros(32, device=dev)
     table = torch.zeros(4 * d, device=dev)
     out = torch.empty(32, device=dev)
-    kernel = _diag_triton._slot_grads_kernel
+    kernel = _sparse_core_triton._slot_grads_kernel
 
     def launch() -> None:
         kernel[(1,)](

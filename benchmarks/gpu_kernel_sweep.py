@@ -1,6 +1,10 @@
-"""Block-shape sweep of the diag Triton kernels (device tool): device time of the fold and the token sums.
+"""Launch-shape sweep of the sparse-core Triton kernels (device tool): device time of each kernel.
 
-python benchmarks/gpu_kernel_sweep.py   (bf16, d=4096, OER magnitude, S=32 per side; T = 8192 and 32768)
+python benchmarks/gpu_kernel_sweep.py   (bf16, d=4096, OER magnitude, S=32 per side; diag and block b=4;
+T = 8192 and 32768)
+
+Each row sets the fold's block shape, its target program count (column splits) and warps, and the token
+sums' block shape, then reads the per-kernel device time from the profiler (10 fwd+bwd).
 """
 
 from __future__ import annotations
@@ -9,19 +13,33 @@ import sys
 
 import torch
 
-from jora_ops import CoreSpec, Magnitude, _diag_triton, jora_linear
+from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 
-FOLD = [(16, 256), (8, 512), (32, 128), (32, 256), (4, 1024)]
-SUMS = [(128, 16), (64, 32), (256, 8), (128, 32), (64, 16)]
+# (fold rows, fold cols, fold programs, fold warps, sums coordinates, sums tokens)
+VARIANTS = [
+    (16, 256, 1, 4, 128, 16),  # one program per row block: the v6 kernels' launch
+    (16, 256, 1024, 4, 128, 16),
+    (16, 256, 2048, 4, 128, 16),
+    (8, 256, 1024, 4, 128, 16),
+    (16, 128, 1024, 4, 128, 16),
+    (16, 256, 1024, 8, 128, 16),
+    (32, 256, 1024, 8, 128, 16),
+    (16, 256, 1024, 4, 64, 32),
+    (16, 256, 1024, 4, 256, 8),
+]
 
 
-def kernel_times(T: int, d: int = 4096, slots: int = 32) -> dict[str, float]:
+def kernel_times(T: int, core: str, d: int = 4096, slots: int = 32) -> dict[str, float]:
     dev = "cuda"
     x = torch.randn(T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
     weight = (torch.randn(d, d, device=dev) / d**0.5).to(torch.bfloat16)
     grad = torch.randn(T, d, device=dev, dtype=torch.bfloat16)
     leaves = [torch.randn(slots, device=dev, requires_grad=True) for _ in range(2)]
-    diag = torch.randn(d, device=dev, requires_grad=True)
+    spec = CoreSpec(core, d, d, block_size=4)
+    if core == "diag":
+        params = (torch.randn(d, device=dev, requires_grad=True),)
+    else:
+        params = (torch.randn(d // 4, 4, 4, device=dev, requires_grad=True), torch.zeros(0, device=dev))
     logits = torch.randn(d, device=dev, requires_grad=True)
     nu = weight.float().norm(dim=1)
     pairs = [torch.randperm(d, device=dev)[: 2 * slots].view(slots, 2) for _ in range(2)]
@@ -29,7 +47,7 @@ def kernel_times(T: int, d: int = 4096, slots: int = 32) -> dict[str, float]:
 
     def run() -> None:
         out = jora_linear(
-            x, weight, core=CoreSpec("diag", d, d), core_params=(diag,), pairs_L=pairs[0], theta_L=leaves[0],
+            x, weight, core=spec, core_params=params, pairs_L=pairs[0], theta_L=leaves[0],
             pairs_R=pairs[1], theta_R=leaves[1], magnitude=Magnitude("oer_softmax", logits, nu, (nu**2).sum(), 1.0),
             stats_in=stats[0], stats_out=stats[1], impl="triton",
         )  # fmt: skip
@@ -50,13 +68,21 @@ def kernel_times(T: int, d: int = 4096, slots: int = 32) -> dict[str, float]:
 
 
 def main() -> int:
-    for T in (8192, 32768):
-        for fold, sums in zip(FOLD, SUMS, strict=True):
-            _diag_triton.FOLD_BLOCKS["linear"] = fold
-            _diag_triton.TOKEN_SUM_BLOCKS = sums
-            times = kernel_times(T)
-            cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
-            print(f"T={T:6d} fold{fold} sums{sums}: {cells}", flush=True)
+    kernels = _sparse_core_triton
+    for core in ("diag", "block"):
+        for T in (8192, 32768):
+            for rows, cols, programs, warps, sum_c, sum_t in VARIANTS:
+                kernels.FOLD_BLOCKS["linear"] = (rows, cols)
+                kernels.FOLD_PROGRAMS = programs
+                kernels.FOLD_WARPS = warps
+                kernels.TOKEN_SUM_BLOCKS = (sum_c, sum_t)
+                times = kernel_times(T, core)
+                cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
+                print(
+                    f"{core:5s} T={T:6d} fold({rows}, {cols}, programs={programs}, warps={warps}) "
+                    f"sums({sum_c}, {sum_t}): {cells}",
+                    flush=True,
+                )
     return 0
 
 

@@ -3,9 +3,9 @@
     PYTHONPATH=packages/jora-ops/src:packages/jora-core/src:packages/jora-peft/src \\
         python benchmarks/gpu_tables.py --out "$OUT"
 
-1. Correctness: the Triton path of the fused diag linear against the torch path (outputs and every
-   gradient, fp32 < 1e-5 and bf16 < 1e-2 relative) on large shapes, and the fp32 output against a float64
-   dense reference.
+1. Correctness: the Triton path of the fused diag and block linear against the torch path (outputs and
+   every gradient, fp32 < 1e-5 and bf16 < 1e-2 relative) on large shapes, and the fp32 output against a
+   float64 dense reference.
 2. The layer table: fwd+bwd time and extra peak memory of every method, as ratios to the frozen layer and
    to LoRA r16, for T ∈ {8192, 32768} and d ∈ {2048, 4096, 8192} (bf16).
 3. The model table: a 1B-parameter Llama config, adapters on q/k/v/o, batch 8 × 1024, AdamW, with the
@@ -44,39 +44,56 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def correctness(report: dict) -> None:
-    from jora_ops import CoreSpec, jora_linear, rotation_matrix
+    """Triton vs the torch path (eager: ``JORA_COMPILE=0``) for the diag and block cores, and the fp32 output
+    vs the float64 dense reference where ``n = m ≤ 4096``."""
+    import os
 
-    cases = [(4096, 2048, 3072, 256), (32768, 4096, 4096, 512), (8192, 8192, 2048, 512)]
+    from jora_ops import CoreSpec, core_dense, jora_linear, rotation_matrix
+
+    os.environ["JORA_COMPILE"] = "0"
+    # (T, n, m, S per side, core, block size)
+    cases = [
+        (4096, 2048, 3072, 256, "diag", 1),
+        (32768, 4096, 4096, 512, "diag", 1),
+        (8192, 8192, 2048, 512, "diag", 1),
+        (8192, 4096, 4096, 256, "block", 4),
+        (32768, 2048, 4096, 512, "block", 4),
+        (8192, 3072, 3072, 128, "block", 3),
+    ]
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
-        for T, n, m, S in cases:
-            torch.manual_seed(T + n + m)
+        for T, n, m, S, kind, b in cases:
+            torch.manual_seed(T + n + m + b)
             dev = "cuda"
             d = min(n, m)
-            spec = CoreSpec("diag", n, m)
+            spec = CoreSpec(kind, n, m, block_size=b)
             perm_L, perm_R = torch.randperm(n, device=dev), torch.randperm(m, device=dev)
             a_L, a_R = min(S, n // 2), min(S, m // 2)
             pairs_L, pairs_R = perm_L[: 2 * a_L].view(a_L, 2), perm_R[: 2 * a_R].view(a_R, 2)
+            if kind == "diag":
+                core, offset = (torch.randn(d, device=dev) * 0.1,), (torch.randn(d, device=dev) * 0.1,)
+            else:
+                core = (torch.randn(d // b, b, b, device=dev) * 0.1, torch.randn(d % b, device=dev) * 0.1)
+                offset = (torch.randn(d // b, b, b, device=dev) * 0.1, torch.randn(d % b, device=dev) * 0.1)
             base = {
                 "x": torch.randn(T, m, device=dev, dtype=dtype),
                 "weight": (torch.randn(n, m, device=dev) / math.sqrt(m)).to(dtype),
                 "bias": torch.randn(n, device=dev).to(dtype),
                 "theta_L": torch.randn(a_L, device=dev),
                 "theta_R": torch.randn(a_R, device=dev),
-                "diag": torch.randn(d, device=dev) * 0.1,
                 "scale": torch.rand(n, device=dev) + 0.5,
+                **{f"core{i}": v for i, v in enumerate(core)},
             }
-            offset = torch.randn(d, device=dev) * 0.1
             grad = torch.randn(T, n, device=dev, dtype=dtype)
             outs = {}
             for impl in ("torch", "triton"):
                 leaves = {k: v.clone().requires_grad_(k != "weight") for k, v in base.items()}
                 stats_in, stats_out = torch.zeros(m, device=dev), torch.zeros(n, device=dev)
                 out = jora_linear(
-                    leaves["x"], leaves["weight"], leaves["bias"], core=spec, core_params=(leaves["diag"],),
-                    core_offset=(offset,), pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R,
-                    theta_R=leaves["theta_R"], scale=leaves["scale"], stats_in=stats_in, stats_out=stats_out,
-                    impl=impl,
+                    leaves["x"], leaves["weight"], leaves["bias"], core=spec,
+                    core_params=tuple(leaves[f"core{i}"] for i in range(len(core))), core_offset=offset,
+                    pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R, theta_R=leaves["theta_R"],
+                    scale=leaves["scale"], stats_in=stats_in, stats_out=stats_out, impl=impl,
                 )  # fmt: skip
                 out.backward(grad)
                 outs[impl] = {"out": out.detach(), "stats_in": stats_in, "stats_out": stats_out}
@@ -85,19 +102,24 @@ def correctness(report: dict) -> None:
             if dtype == torch.float32 and n == m <= 4096:
                 rot_L = rotation_matrix(pairs_L.cpu(), base["theta_L"].cpu(), n).cuda()
                 rot_R = rotation_matrix(pairs_R.cpu(), base["theta_R"].cpu(), m).cuda()
-                delta = rot_L.T @ torch.diag(base["diag"].double()) @ rot_R - torch.diag(offset.double())
+                delta = rot_L.T @ core_dense(spec, core, dtype=torch.float64) @ rot_R - core_dense(
+                    spec, offset, dtype=torch.float64
+                )
                 dense = base["weight"].double() + delta
                 ref = (base["x"].double() @ dense.T) * base["scale"].double() + base["bias"].double()
                 errors["out_vs_fp64_dense"] = rel(outs["triton"]["out"], ref)
             limit = 1e-5 if dtype == torch.float32 else 1e-2
             ok = all(e < limit for e in errors.values())
-            rows.append({"dtype": str(dtype), "T": T, "n": n, "m": m, "S": S, "max_rel": max(errors.values()), "ok": ok,
-                         "errors": errors})  # fmt: skip
+            rows.append({"dtype": str(dtype), "T": T, "n": n, "m": m, "S": S, "core": kind, "block_size": b,
+                         "max_rel": max(errors.values()), "ok": ok, "errors": errors})  # fmt: skip
             print(
-                f"correctness {dtype} T={T} n={n} m={m} S={S}: max rel {max(errors.values()):.2e} {'OK' if ok else 'FAIL'}"
+                f"correctness {dtype} {kind}(b={b}) T={T} n={n} m={m} S={S}: max rel {max(errors.values()):.2e}"
+                f" {'OK' if ok else 'FAIL ' + str(errors)}",
+                flush=True,
             )
             del outs, base, grad
             torch.cuda.empty_cache()
+    os.environ.pop("JORA_COMPILE")
     report["correctness"] = rows
 
 
@@ -261,11 +283,12 @@ def markdown(report: dict) -> str:
     if "correctness" in report:
         lines += [
             "## Correctness (Triton vs torch, and vs float64 dense)\n",
-            "| dtype | T | n | m | S | max rel. error | ok |",
-            "|---|---|---|---|---|---|---|",
+            "| dtype | core | T | n | m | S | max rel. error | ok |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['dtype']} | {r['T']} | {r['n']} | {r['m']} | {r['S']} | {r['max_rel']:.2e} | {r['ok']} |"
+            f"| {r['dtype']} | {r.get('core', 'diag')} (b={r.get('block_size', 1)}) | {r['T']} | {r['n']} | {r['m']}"
+            f" | {r['S']} | {r['max_rel']:.2e} | {r['ok']} |"
             for r in report["correctness"]
         ]
     if "layers" in report:

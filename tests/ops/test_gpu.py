@@ -10,8 +10,17 @@ from jora_reference import rel_error
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize(("tokens", "n", "m", "slots"), [(8192, 2048, 3072, 256), (4096, 4096, 1024, 512)])
-def test_bf16_triton_matches_torch_on_cuda(tokens: int, n: int, m: int, slots: int) -> None:
+@pytest.mark.parametrize(
+    ("tokens", "n", "m", "slots", "block_size"),
+    [
+        (8192, 2048, 3072, 256, 0),
+        (4096, 4096, 1024, 512, 0),
+        (8192, 2048, 3072, 256, 4),
+        (4096, 1024, 4096, 512, 5),
+    ],
+)
+def test_bf16_triton_matches_torch_on_cuda(tokens: int, n: int, m: int, slots: int, block_size: int) -> None:
+    """Diag (``block_size=0``) and block cores: output and every gradient, bf16, large shapes."""
     torch.manual_seed(tokens + n)
     dev = "cuda"
     d = min(n, m)
@@ -21,20 +30,33 @@ def test_bf16_triton_matches_torch_on_cuda(tokens: int, n: int, m: int, slots: i
         "x": torch.randn(tokens, m, device=dev, dtype=torch.bfloat16),
         "theta_L": torch.randn(slots, device=dev),
         "theta_R": torch.randn(slots, device=dev),
-        "diag": torch.randn(d, device=dev) * 0.1,
+        **(
+            {"diag": torch.randn(d, device=dev) * 0.1}
+            if not block_size
+            else {
+                "blocks": torch.randn(d // block_size, block_size, block_size, device=dev) * 0.1,
+                "tail": torch.randn(d % block_size, device=dev) * 0.1,
+            }
+        ),
         "scale": torch.rand(n, device=dev) + 0.5,
     }
     weight = (torch.randn(n, m, device=dev) / m**0.5).to(torch.bfloat16)
     grad = torch.randn(tokens, n, device=dev, dtype=torch.bfloat16)
+    spec = CoreSpec("block", n, m, block_size=block_size) if block_size else CoreSpec("diag", n, m)
+    names = ("blocks", "tail") if block_size else ("diag",)
+
+    def core_params(leaves: dict) -> tuple[torch.Tensor, ...]:
+        return tuple(leaves[name] for name in names)
+
     results = {}
     for impl in ("torch", "triton"):
         leaves = {k: v.clone().requires_grad_() for k, v in base.items()}
         out = jora_linear(
-            leaves["x"], weight, None, core=CoreSpec("diag", n, m), core_params=(leaves["diag"],),
+            leaves["x"], weight, None, core=spec, core_params=core_params(leaves),
             pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R, theta_R=leaves["theta_R"],
             scale=leaves["scale"], impl=impl,
         )  # fmt: skip
         out.backward(grad)
-        results[impl] = [out.detach()] + [leaves[k].grad for k in base]
+        results[impl] = [out.detach()] + [leaves[k].grad for k in base if leaves[k].numel()]
     for got, expected in zip(results["triton"], results["torch"], strict=True):
         assert rel_error(got, expected) < 1e-2

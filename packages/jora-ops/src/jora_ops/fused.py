@@ -9,15 +9,16 @@ angles, the core parameters, the magnitude logits (or a given scale ``s``), the 
   ``_block_fold``, ``_lowrank_fold``): the forward is one matmul, and the backward reuses the folded weight
   and needs only token sums (diag: ≤ 4 non-zeros per row of ``ΔW``; block: ≤ 4b, plus block-diagonal sums)
   or LoRA-shaped skinny matmuls (lowrank).
-- On CUDA (``impl="auto"`` or ``"triton"``) the diag core with a base weight in fp32/bf16/fp16 runs entirely
-  in Triton kernels (``jora_ops._diag_triton``): fold and scale in one kernel, then cuBLAS; in backward
-  cuBLAS for ``∂L/∂x`` and three kernels for every other gradient and the statistics.
+- On CUDA (``impl="auto"`` or ``"triton"``) the diag and block cores (``block_size`` ≤ 16) with a base weight
+  in fp32/bf16/fp16 run entirely in Triton kernels (``jora_ops._sparse_core_triton``): fold and scale in one
+  kernel, then cuBLAS; in backward cuBLAS for ``∂L/∂x`` and three kernels for every other gradient and the
+  statistics. Larger blocks and the lowrank core fold with torch ops and sum tokens with a Triton kernel.
 - Chained through ``base_output`` (several active adapters), ``ΔW x`` is computed with plain torch ops and
   recomputed in backward.
 
 Activations saved: ``x`` and, with a magnitude, the output ``y`` (tensors the surrounding network usually
 keeps anyway), plus the folded weight for the fold paths and O(n + m) extras. Pair tables passed here hold
-only active pairs (no ``-1`` rows; the Triton diag path also accepts ``-1`` rows): the per-adapter module
+only active pairs (no ``-1`` rows; the Triton diag/block path also accepts ``-1`` rows): the per-adapter module
 passes the active prefix of its slot table, whose length it knows on the host (the whole table once full).
 """
 
@@ -439,15 +440,24 @@ def jora_linear(
                 f"core={core.kind!r}{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
             )
         use_triton = False
-    if use_triton and core.kind == "diag" and weight is not None:
-        from jora_ops._diag_triton import DIAG_TRITON_DTYPES, diag_linear_triton
+    if use_triton and core.kind in ("diag", "block") and weight is not None:
+        from jora_ops._sparse_core_triton import (
+            SPARSE_CORE_TRITON_DTYPES,
+            TRITON_MAX_BLOCK_SIZE,
+            sparse_core_linear_triton,
+        )
 
-        if x.dtype in DIAG_TRITON_DTYPES and weight.dtype in DIAG_TRITON_DTYPES:
-            return diag_linear_triton(
-                x, weight, bias, layout=weight_layout, diag=core_params[0],
-                diag_offset=core_offset[0] if core_offset is not None else None, pairs_L=pairs_L, theta_L=theta_L,
-                pairs_R=pairs_R, theta_R=theta_R, scale=scale, magnitude=magnitude, rotation_param=rotation_param,
-                stats_in=stats_in, stats_out=stats_out, on_backward=on_backward,
+        block_size = core.block_size if core.kind == "block" else 1
+        if (
+            x.dtype in SPARSE_CORE_TRITON_DTYPES
+            and weight.dtype in SPARSE_CORE_TRITON_DTYPES
+            and block_size <= TRITON_MAX_BLOCK_SIZE
+        ):
+            return sparse_core_linear_triton(
+                x, weight, bias, layout=weight_layout, core_values=core_params, core_offset=core_offset,
+                block_size=block_size, pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R, theta_R=theta_R,
+                scale=scale, magnitude=magnitude, rotation_param=rotation_param, stats_in=stats_in,
+                stats_out=stats_out, on_backward=on_backward,
             )  # fmt: skip
     static = _Static(
         core=core,

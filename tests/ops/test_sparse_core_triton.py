@@ -1,8 +1,9 @@
-"""The Triton kernels of the diag core (``jora_ops._diag_triton``) against the float64 references.
+"""The Triton kernels of the diag and block cores (``jora_ops._sparse_core_triton``) against the float64 references.
 
 Outputs are compared with the dense float64 reference; every gradient with the float64 torch path (itself
-gradchecked in ``test_fused.py``). Shapes, layouts, magnitude modes, rotation parameterisations, offsets,
-biases, empty ``-1`` slots and slot counts above one kernel block are drawn by hypothesis. On CPU the kernels
+gradchecked in ``test_fused.py``). Cores and block sizes (powers of two and not, up to the kernels' limit),
+shapes, layouts, magnitude modes, rotation parameterisations, offsets, biases, empty ``-1`` slots and slot
+counts above one kernel block are drawn by hypothesis. On CPU the kernels
 run under ``TRITON_INTERPRET=1`` (CI); on a CUDA machine on the GPU.
 """
 
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jora_ops import CoreSpec, Magnitude, _dispatch, compute_scale, jora_linear
+from jora_ops._sparse_core_triton import TRITON_MAX_BLOCK_SIZE
 from jora_reference import adapted_weight, dense_core, dense_rotation, ecd_scale, oer_scale, rel_error
 
 pytestmark = pytest.mark.skipif(
@@ -22,6 +24,17 @@ pytestmark = pytest.mark.skipif(
 )
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ("none", "scale", "oer_softmax", "ecd_tanh")
+_CORE_PARAMS = {"diag": ("diag",), "block": ("blocks", "tail")}
+
+
+def _core_spec(setup: dict) -> CoreSpec:
+    return CoreSpec(setup["core"], setup["n"], setup["m"], block_size=setup["block_size"])
+
+
+def _core_values(kind: str, d: int, block_size: int, rand) -> tuple[torch.Tensor, ...]:
+    if kind == "diag":
+        return (rand(d),)
+    return rand(d // block_size, block_size, block_size), rand(d % block_size)
 
 
 def _slot_table(dim: int, active: int, slots: int, gen: torch.Generator) -> torch.Tensor:
@@ -57,8 +70,9 @@ def _run(impl: str, dtype: torch.dtype, inputs: dict, setup: dict) -> tuple[torc
     stats_in = torch.zeros(m, device=DEVICE)
     stats_out = torch.zeros(n, device=DEVICE)
     out = jora_linear(
-        leaves["x"], weight, leaves.get("bias"), core=CoreSpec("diag", n, m), core_params=(leaves["diag"],),
-        core_offset=(setup["offset"].to(DEVICE, leaves["diag"].dtype),) if setup["offset"] is not None else None,
+        leaves["x"], weight, leaves.get("bias"), core=_core_spec(setup),
+        core_params=tuple(leaves[name] for name in _CORE_PARAMS[setup["core"]]),
+        core_offset=tuple(v.to(DEVICE) for v in setup["offset"]) if setup["offset"] is not None else None,
         pairs_L=slots["L"].to(DEVICE), theta_L=theta_L, pairs_R=slots["R"].to(DEVICE), theta_R=theta_R,
         scale=scale, magnitude=magnitude, weight_layout=setup["layout"], rotation_param=setup["rotation_param"],
         stats_in=stats_in, stats_out=stats_out, impl=impl,
@@ -70,6 +84,7 @@ def _run(impl: str, dtype: torch.dtype, inputs: dict, setup: dict) -> tuple[torc
 
 def _dense_reference(inputs: dict, setup: dict) -> torch.Tensor:
     n, m = setup["n"], setup["m"]
+    kind, block_size = setup["core"], setup["block_size"]
     active_L, active_R = setup["active_L"], setup["active_R"]
     if setup["mode"] == "scale":
         s = inputs["scale"].double()
@@ -81,8 +96,8 @@ def _dense_reference(inputs: dict, setup: dict) -> torch.Tensor:
         s = None
     dense = adapted_weight(
         setup["weight"],
-        dense_core("diag", (inputs["diag"],), n, m),
-        dense_core("diag", (setup["offset"],), n, m) if setup["offset"] is not None else None,
+        dense_core(kind, tuple(inputs[name] for name in _CORE_PARAMS[kind]), n, m, block_size),
+        dense_core(kind, setup["offset"], n, m, block_size) if setup["offset"] is not None else None,
         dense_rotation(setup["pairs_L"][:active_L], inputs["theta_L"][:active_L], n, setup["rotation_param"]),
         dense_rotation(setup["pairs_R"][:active_R], inputs["theta_R"][:active_R], m, setup["rotation_param"]),
         s,
@@ -99,12 +114,18 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
     active_L = data.draw(st.integers(0, slots_L), label="active_L")
     active_R = data.draw(st.integers(0, slots_R), label="active_R")
     mode = data.draw(st.sampled_from(MODES), label="mode")
+    kind = data.draw(st.sampled_from(list(_CORE_PARAMS)), label="core")
+    block_size = (
+        data.draw(st.integers(1, TRITON_MAX_BLOCK_SIZE), label="block_size") if kind == "block" else 1
+    )
     row_norms = torch.rand(n, generator=gen, dtype=torch.float64) + 0.5
     if n > 1:
         row_norms[data.draw(st.integers(0, n - 1), label="excluded_row")] = 0.0  # a row outside the energy
     setup = {
         "n": n,
         "m": m,
+        "core": kind,
+        "block_size": block_size,
         "layout": data.draw(st.sampled_from(["linear", "conv1d"]), label="layout"),
         "rotation_param": data.draw(st.sampled_from(["cayley", "angle"]), label="rotation_param"),
         "mode": mode,
@@ -113,7 +134,9 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
         "active_L": active_L,
         "active_R": active_R,
         "weight": rand(n, m) / m**0.5,
-        "offset": rand(min(n, m)) if data.draw(st.booleans(), label="offset") else None,
+        "offset": _core_values(kind, min(n, m), block_size, rand)
+        if data.draw(st.booleans(), label="offset")
+        else None,
         "row_norms": row_norms,
         "temperature": data.draw(st.sampled_from([0.5, 1.0, 2.0]), label="temperature"),
         "grad": rand(tokens, n),
@@ -122,8 +145,8 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
         "x": rand(tokens, m),
         "theta_L": rand(slots_L),
         "theta_R": rand(slots_R),
-        "diag": rand(min(n, m)),
     }
+    inputs.update(zip(_CORE_PARAMS[kind], _core_values(kind, min(n, m), block_size, rand), strict=True))
     if data.draw(st.booleans(), label="bias"):
         inputs["bias"] = rand(n)
     if mode == "scale":
@@ -140,7 +163,7 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
     seed=st.integers(0, 2**31),
     data=st.data(),
 )
-def test_triton_diag_matches_float64_references(n: int, m: int, tokens: int, seed: int, data) -> None:
+def test_triton_sparse_cores_match_float64_references(n: int, m: int, tokens: int, seed: int, data) -> None:
     inputs, setup = _make(n, m, tokens, seed, data)
     out, grads, (stats_in, stats_out) = _run("triton", torch.float32, inputs, setup)
     assert rel_error(out.cpu(), _dense_reference(inputs, setup)) < 1e-5
@@ -159,29 +182,39 @@ def test_triton_diag_matches_float64_references(n: int, m: int, tokens: int, see
     assert rel_error(stats_out, ref_out_stats) < 1e-5
 
 
-@pytest.mark.parametrize("slots", [31, 33, 70])
-def test_triton_diag_handles_slot_tables_longer_than_one_block(slots: int) -> None:
-    """More slots than the kernels' slot block (32): the lookups loop over blocks."""
-    n = m = 2 * slots + 3
-    gen = torch.Generator().manual_seed(slots)
-    x = torch.randn(40, m, generator=gen)
+@pytest.mark.parametrize(
+    ("slots", "block_size"), [(31, 0), (33, 0), (70, 0), (70, 2), (40, 3), (70, 4), (33, 8), (40, 16)]
+)
+def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(slots: int, block_size: int) -> None:
+    """More slots than the kernels' slot block (32), several coordinate blocks and token splits: the lookups
+    loop over slot blocks, the block sums' tiles start at block boundaries (diag: ``block_size=0``)."""
+    n, m = 2 * slots + 3 + 4 * block_size, 2 * slots + 7
+    gen = torch.Generator().manual_seed(slots + block_size)
+    x = torch.randn(600, m, generator=gen)
     weight = torch.randn(n, m, generator=gen) / m**0.5
     pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
     pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
+    d = min(n, m)
+    if block_size:
+        spec = CoreSpec("block", n, m, block_size=block_size)
+        core = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
+                "tail": torch.randn(d % block_size, generator=gen)}  # fmt: skip
+    else:
+        spec, core = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
     leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
-              "diag": torch.randn(n, generator=gen), "logits": torch.randn(n, generator=gen)}  # fmt: skip
+              "logits": torch.randn(n, generator=gen), **core}  # fmt: skip
     nu = weight.norm(dim=1)
     results = {}
     for impl in ("torch", "triton"):
         params = {k: v.to(DEVICE).clone().requires_grad_() for k, v in leaves.items()}
         magnitude = Magnitude("oer_softmax", params["logits"], nu.to(DEVICE), (nu**2).sum().to(DEVICE), 1.0)
         out = jora_linear(
-            x.to(DEVICE), weight.to(DEVICE), core=CoreSpec("diag", n, m), core_params=(params["diag"],),
+            x.to(DEVICE), weight.to(DEVICE), core=spec, core_params=tuple(params[k] for k in core),
             pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE),
             theta_R=params["theta_R"], magnitude=magnitude, impl=impl,
         )  # fmt: skip
         out.square().sum().backward()
-        results[impl] = (out.detach(), {k: v.grad for k, v in params.items()})
+        results[impl] = (out.detach(), {k: v.grad for k, v in params.items() if v.numel()})
     assert rel_error(results["triton"][0], results["torch"][0]) < 1e-5
     for key, expected in results["torch"][1].items():
         assert rel_error(results["triton"][1][key], expected) < 1e-5, key

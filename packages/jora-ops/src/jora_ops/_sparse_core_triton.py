@@ -1,0 +1,903 @@
+"""Triton kernels of the diag- and block-core fused linear: one kernel and one matmul forward, one matmul and
+three kernels backward.
+
+The math is that of :mod:`jora_ops._block_fold` (read its docstring first); the diag core is the block core
+with ``b = 1``. Row ``k`` of the core has ``b`` slots ``t`` (its block row; the remainder diagonal and the
+diag core use slot 0 only) at columns ``col(k, t)``, so ``ΔW`` has at most ``4b`` non-zeros per row: the
+forward folds ``diag(s)(W + ΔW)`` into the weight and runs one cuBLAS matmul, and the backward needs one
+more matmul (``∂L/∂x``) and token sums only. Here the O((n + m)·b) bookkeeping runs inside the kernels
+instead of as dozens of small torch ops:
+
+- ``_fold_kernel`` (forward): each program takes a block of rows, computes their scale ``s`` (the OER/ECD
+  normaliser is a reduction over all rows, recomputed per program from L2 instead of costing a launch), looks
+  up the rotation partners directly in the slot tables (a compare against every slot: no scatter, no
+  dense tables, empty ``-1`` slots never match) and writes ``s ⊙ (W + ΔW)`` in one pass over ``W``.
+- ``_token_sums_kernel`` (backward): per split of tokens, column programs stream ``g``, ``y`` and ``x`` once
+  (``Σg·y``, ``Σg``, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
+  gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
+  on an angle.
+- ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
+  (bias, scale and core gradients, the per-coordinate table gradients; statistics added to their buffers).
+- ``_slot_grads_kernel`` (one program): the magnitude logits' VJP (a reduction over rows) and the angle
+  gradients of every slot (gathers of the table gradients at the slot's two coordinates; empty slots get 0).
+
+Block sizes up to :data:`TRITON_MAX_BLOCK_SIZE` run here (slot dimensions are padded to a power of two).
+No host-device synchronisation: counts are shapes, everything else stays on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+import triton
+import triton.language as tl
+
+from jora_ops.triton_kernels import host_cdiv as _cdiv
+
+if TYPE_CHECKING:
+    from jora_ops.fused import Magnitude  # fused imports this module lazily: no cycle at run time
+
+__all__ = ["SPARSE_CORE_TRITON_DTYPES", "TRITON_MAX_BLOCK_SIZE", "sparse_core_linear_triton"]
+
+SPARSE_CORE_TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_MAX_BLOCK_SIZE = 16
+
+# scale modes (constexpr): no scale, a given scale tensor, OER softmax, ECD tanh
+_NO_SCALE, _GIVEN_SCALE, _OER, _ECD = 0, 1, 2, 3
+_MAGNITUDE_MODES = {"oer_softmax": _OER, "ecd_tanh": _ECD}
+_N_COLUMN_SUMS = 4  # per split: Σg·y, Σg, Σg², Σx² (each of width max(n, m)), the slot sums, the entry sums
+_ENTRY_BLOCK = 64
+# block shapes (rows, columns) of the fold per weight layout, and (coordinates, tokens) of the token sums,
+# for b = 1; the column / coordinate blocks shrink with the padded slot count
+FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 256), "conv1d": (64, 64)}
+FOLD_PROGRAMS = 1  # the fold's columns are split until about this many programs run (1: one per row block)
+FOLD_WARPS = 4
+# rows per step of the in-kernel OER/ECD normaliser: one step (loads all in flight) up to this many rows
+FOLD_NORMALISER_BLOCK = 4096
+TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
+BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)  # b > 1 (else coordinates / b where b is no power of two)
+_OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
+_COORDINATE_BLOCK = 64
+_SLOT_BLOCK = 32
+
+
+def _next_power_of_2(value: int) -> int:
+    return 1 << max(0, value - 1).bit_length()
+
+
+@triton.jit
+def _cos_sin(theta, CAYLEY: tl.constexpr):
+    if CAYLEY:
+        quarter_sq = 0.25 * theta * theta
+        inv = 1.0 / (1.0 + quarter_sq)
+        return (1.0 - quarter_sq) * inv, theta * inv
+    else:
+        return tl.cos(theta), tl.sin(theta)
+
+
+@triton.jit
+def _lookup(k, pairs_ptr, theta_ptr, n_slots, CAYLEY: tl.constexpr, BLOCK_S: tl.constexpr):
+    """``(partner, cos, sin, entry)`` of coordinates ``k`` (1-D) under one side: ``(R v)_k = cos v_k + sin v_partner``.
+
+    ``entry`` is ``2·slot + position`` of ``k`` in the table (``-1`` where ``k`` is unpaired).
+    """
+    partner = k
+    entry = k * 0 - 1
+    cos = k.to(tl.float32) * 0.0 + 1.0
+    sin = k.to(tl.float32) * 0.0
+    for start in range(0, n_slots, BLOCK_S):
+        slots = start + tl.arange(0, BLOCK_S)
+        ok = slots < n_slots
+        i = tl.load(pairs_ptr + 2 * slots, mask=ok, other=-1).to(tl.int32)
+        j = tl.load(pairs_ptr + 2 * slots + 1, mask=ok, other=-1).to(tl.int32)
+        c, s = _cos_sin(tl.load(theta_ptr + slots, mask=ok, other=0.0).to(tl.float32), CAYLEY)
+        hit_i = (k[:, None] == i[None, :]) & (i[None, :] >= 0)
+        hit_j = (k[:, None] == j[None, :]) & (j[None, :] >= 0)
+        partner += tl.sum(
+            tl.where(hit_i, j[None, :] - k[:, None], 0) + tl.where(hit_j, i[None, :] - k[:, None], 0), 1
+        )
+        entry += tl.sum(
+            tl.where(hit_i, 2 * slots[None, :] + 1, 0) + tl.where(hit_j, 2 * slots[None, :] + 2, 0), 1
+        )
+        cos += tl.sum(tl.where(hit_i | hit_j, c[None, :] - 1.0, 0.0), 1)
+        sin += tl.sum(tl.where(hit_i, s[None, :], 0.0) - tl.where(hit_j, s[None, :], 0.0), 1)
+    return partner, cos, sin, entry
+
+
+@triton.jit
+def _lookup_2d(k, pairs_ptr, theta_ptr, n_slots, CAYLEY: tl.constexpr, BLOCK_S: tl.constexpr,
+               ROWS: tl.constexpr, SLOTS: tl.constexpr):  # fmt: skip
+    """:func:`_lookup` of a ``[ROWS, SLOTS]`` block of coordinates."""
+    partner, cos, sin, entry = _lookup(
+        tl.reshape(k, (ROWS * SLOTS,)), pairs_ptr, theta_ptr, n_slots, CAYLEY, BLOCK_S
+    )
+    return (
+        tl.reshape(partner, (ROWS, SLOTS)),
+        tl.reshape(cos, (ROWS, SLOTS)),
+        tl.reshape(sin, (ROWS, SLOTS)),
+        tl.reshape(entry, (ROWS, SLOTS)),
+    )
+
+
+@triton.jit
+def _slot_ok(k, t, full, n_diag, BLOCK_SIZE: tl.constexpr):
+    """Whether core row ``k`` has slot ``t``: a block row (``k < full``) has ``b``, the remainder diagonal one."""
+    return ((k >= 0) & (k < full) & (t < BLOCK_SIZE)) | ((k >= full) & (k < n_diag) & (t == 0))
+
+
+@triton.jit
+def _slot_column(k, t, full, BLOCK_SIZE: tl.constexpr):
+    """Column of slot ``t`` of core row ``k`` (for a column ``j``: the ``t``-th row of ``j``'s block)."""
+    return tl.where(k < full, (k // BLOCK_SIZE) * BLOCK_SIZE + t, k)
+
+
+@triton.jit
+def _slot_value(blocks_ptr, tail_ptr, k, t, ok, full, BLOCK_SIZE: tl.constexpr):
+    """Core value of slot ``t`` of row ``k`` (fp32; 0 where ``ok`` is false)."""
+    value = tl.load(blocks_ptr + k * BLOCK_SIZE + t, mask=ok & (k < full), other=0.0).to(tl.float32)
+    return value + tl.load(tail_ptr + (k - full), mask=ok & (k >= full), other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _value_index(k, t, full, BLOCK_SIZE: tl.constexpr):
+    """Index of slot ``(k, t)`` in the flat core gradient: the blocks (``[full, b]``), then the tail."""
+    return tl.where(k < full, k * BLOCK_SIZE + t, full * BLOCK_SIZE + (k - full))
+
+
+@triton.jit
+def _tanh(v):
+    return 1.0 - 2.0 / (tl.exp(2.0 * v) + 1.0)
+
+
+@triton.jit
+def _magnitude_normaliser(
+    logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha, MODE: tl.constexpr, BLOCK_N: tl.constexpr
+):
+    """OER: ``logsumexp_j(2 log ν_j + w_j/T) − log E_incl``; ECD: ``sqrt(E_incl / Σ (ν_j g_j)²)``."""
+    temperature = tl.load(temp_ptr).to(tl.float32)
+    excluded = tl.zeros((BLOCK_N,), tl.float32)
+    acc = tl.zeros((BLOCK_N,), tl.float32)
+    run_max = -1e30
+    for start in range(0, n_out, BLOCK_N):
+        idx = start + tl.arange(0, BLOCK_N)
+        ok = idx < n_out
+        nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
+        w = tl.load(logits_ptr + idx, mask=ok, other=0.0).to(tl.float32) / temperature
+        included = ok & (nu > eps)
+        excluded += tl.where(ok & (nu <= eps), nu * nu, 0.0)
+        if MODE == 2:
+            v = tl.where(included, 2.0 * tl.log(tl.where(included, nu, 1.0)) + w, -float("inf"))
+            new_max = tl.maximum(run_max, tl.max(v, 0))
+            acc = acc * tl.exp(run_max - new_max) + tl.exp(v - new_max)
+            run_max = new_max
+        else:
+            gain = tl.where(included, 1.0 + alpha * _tanh(w), 0.0)
+            acc += nu * nu * gain * gain
+    energy = tl.load(energy_ptr).to(tl.float32) - tl.sum(excluded, 0)
+    if MODE == 2:
+        return run_max + tl.log(tl.sum(acc, 0)) - tl.log(energy)
+    else:
+        return tl.sqrt(energy / tl.sum(acc, 0))
+
+
+@triton.jit
+def _row_scale(
+    rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE: tl.constexpr
+):
+    if MODE == 0:
+        return rows.to(tl.float32) * 0.0 + 1.0
+    elif MODE == 1:
+        return tl.load(scale_ptr + rows, mask=row_ok, other=1.0).to(tl.float32)
+    else:
+        temperature = tl.load(temp_ptr).to(tl.float32)
+        nu = tl.load(norms_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+        w = tl.load(logits_ptr + rows, mask=row_ok, other=0.0).to(tl.float32) / temperature
+        if MODE == 2:
+            s = tl.exp(0.5 * (w - normaliser))
+        else:
+            s = (1.0 + alpha * _tanh(w)) * normaliser
+        return tl.where(nu > eps, s, 1.0)
+
+
+@triton.jit
+def _fold_kernel(
+    w_ptr, folded_ptr, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr,
+    blocks_ptr, tail_ptr, offset_blocks_ptr, offset_tail_ptr, pairs_L_ptr, theta_L_ptr, n_L,
+    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, cols_per_split, eps,
+    alpha, MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """``folded = diag(s)(W + ΔW)`` for a block of rows and a split of columns (logical ``[n, m]``; any
+    strides); the first split writes ``s``.
+
+    Row ``k``'s entries, per slot ``t`` (``q = partner_L(k)``, ``j = col(k, t)``, ``j' = col(q, t)``):
+    ``E1`` at ``j``, ``E2`` at ``partner_R(j)``, ``E3`` at ``j'``, ``E4`` at ``partner_R(j')``.
+    """
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = rows < n_out
+    normaliser = 0.0
+    if MODE >= 2:
+        normaliser = _magnitude_normaliser(
+            logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha, MODE, BLOCK_N
+        )
+    s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
+    col_start = tl.program_id(1) * cols_per_split
+    if MODE >= 2:
+        if tl.program_id(1) == 0:
+            tl.store(scale_out_ptr + rows, s, mask=row_ok)
+    q, cos_L, sin_L, _ = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+    t = tl.arange(0, SLOTS)[None, :]
+    k2 = rows[:, None]
+    q2 = q[:, None]
+    ok_k = row_ok[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
+    ok_q = row_ok[:, None] & _slot_ok(q2, t, full, n_diag, BLOCK_SIZE)
+    col_k = _slot_column(k2, t, full, BLOCK_SIZE)
+    col_q = _slot_column(q2, t, full, BLOCK_SIZE)
+    partner_k, cos_Rk, sin_Rk, _ = _lookup_2d(
+        col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK_ROWS, SLOTS
+    )
+    partner_q, cos_Rq, sin_Rq, _ = _lookup_2d(
+        col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK_ROWS, SLOTS
+    )
+    value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
+    value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
+    e1 = cos_L[:, None] * value_k * cos_Rk
+    if HAS_OFFSET:
+        e1 -= _slot_value(offset_blocks_ptr, offset_tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
+    e2 = cos_L[:, None] * value_k * sin_Rk
+    e3 = -sin_L[:, None] * value_q * cos_Rq
+    e4 = -sin_L[:, None] * value_q * sin_Rq
+    row_off = rows[:, None].to(tl.int64) * stride_row
+    for start in range(col_start, col_start + cols_per_split, BLOCK_COLS):
+        cols = start + tl.arange(0, BLOCK_COLS)
+        mask = row_ok[:, None] & (cols < n_in)[None, :]
+        offsets = row_off + cols[None, :].to(tl.int64) * stride_col
+        w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        c = cols[None, :, None]
+        delta = tl.where(c == col_k[:, None, :], e1[:, None, :], 0.0) + tl.where(
+            c == partner_k[:, None, :], e2[:, None, :], 0.0
+        )
+        delta += tl.where(c == col_q[:, None, :], e3[:, None, :], 0.0) + tl.where(
+            c == partner_q[:, None, :], e4[:, None, :], 0.0
+        )
+        w += tl.sum(delta, 2)
+        tl.store(folded_ptr + offsets, (w * s[:, None]).to(folded_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _token_sums_kernel(
+    g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
+    n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
+    HAS_Y: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """Partial token sums of one split of tokens (fp32).
+
+    Programs ``pid < n_col_blocks`` take a block of coordinates ``k`` and stream ``g``, ``y``, ``x`` with
+    contiguous loads: ``Σg·y``, ``Σg``, ``Σg²``, ``Σx²`` (rows 0-3 of ``width``), then the slot sums
+    ``Σ g_k x_col(k, t)`` (``width × SLOTS``). The others take a block of rotation entries — ``(row, column)``
+    positions of ``ΔW`` that depend on an angle — and gather ``Σ_t g[t, row] x[t, column]`` (after the slot
+    sums, ``SLOTS`` per table position: ``G2`` for ``R``'s ``2 S_R`` positions, then ``G3`` and ``G4`` for
+    ``L``'s ``2 S_L`` each). They run beside the column programs of the same split, so their gathers mostly
+    hit L2.
+    """
+    split = tl.program_id(1)
+    block = tl.program_id(0)
+    first = split * tokens_per_split
+    base = partial_ptr + split * split_stride
+    if block < n_col_blocks:
+        k = block * BLOCK_C + tl.arange(0, BLOCK_C)
+        out_ok = k < n_out
+        in_ok = k < n_in
+        slot = tl.arange(0, SLOTS)[None, :]
+        slot_ok = _slot_ok(k[:, None], slot, full, n_diag, BLOCK_SIZE)
+        slot_col = _slot_column(k[:, None], slot, full, BLOCK_SIZE)
+        # 2-D (3-D for the block slot sums) accumulators: one reduction over tokens at the end
+        acc_gy = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_g = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_gg = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_xx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
+        acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
+        for offset in range(0, tokens_per_split, BLOCK_T):
+            t = first + offset + tl.arange(0, BLOCK_T)
+            t_ok = (t < n_tokens) & (t < first + tokens_per_split)
+            t64 = t[:, None].to(tl.int64)
+            g = tl.load(g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
+            g = g.to(tl.float32)
+            acc_g += g
+            if HAS_Y:
+                y = tl.load(
+                    y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
+                )
+                acc_gy += g * y.to(tl.float32)
+            if STATS_OUT:
+                acc_gg += g * g
+            if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+                x = tl.load(
+                    x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0
+                )
+                x = x.to(tl.float32)
+                if STATS_IN:
+                    acc_xx += x * x
+                if PARAMS and (SLOTS == 1 or OUTER):  # the diagonal: the diag core, the remainder diagonal
+                    acc_gx += g * x
+                if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
+                    g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
+                    x_blocks = tl.reshape(x, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
+                    acc_outer += g_blocks[:, :, :, None] * x_blocks[:, :, None, :]
+            if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
+                x_slot = tl.load(
+                    x_ptr + t64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=t_ok[:, None, None] & slot_ok[None, :, :],
+                    other=0.0,
+                )
+                acc_slots += g[:, :, None] * x_slot.to(tl.float32)
+        ok = k < width
+        tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
+        tl.store(base + width + k, tl.sum(acc_g, 0), mask=ok)
+        tl.store(base + 2 * width + k, tl.sum(acc_gg, 0), mask=ok)
+        tl.store(base + 3 * width + k, tl.sum(acc_xx, 0), mask=ok)
+        if SLOTS == 1:
+            tl.store(base + 4 * width + k, tl.sum(acc_gx, 0), mask=ok)
+        elif OUTER:
+            outer = tl.reshape(tl.sum(acc_outer, 0), (BLOCK_C, SLOTS))
+            diagonal = tl.where(slot == 0, tl.sum(acc_gx, 0)[:, None], 0.0)
+            sums = tl.where(k[:, None] < full, outer, diagonal)
+            tl.store(base + 4 * width + k[:, None] * SLOTS + slot, sums, mask=ok[:, None])
+        else:
+            tl.store(base + 4 * width + k[:, None] * SLOTS + slot, tl.sum(acc_slots, 0), mask=ok[:, None])
+    else:
+        e = (block - n_col_blocks) * BLOCK_E + tl.arange(0, BLOCK_E)
+        position = e // SLOTS  # a position in a flat pair table
+        entry_slot = e % SLOTS
+        n_R2 = 2 * n_R
+        n_L2 = 2 * n_L
+        in_R = position < n_R2
+        in_L = (position >= n_R2) & (position < n_R2 + 2 * n_L2)
+        is_G3 = position < n_R2 + n_L2
+        p_L = tl.where(in_L, tl.where(is_G3, position - n_R2, position - n_R2 - n_L2), 0)
+        p_R = tl.where(in_R, position, 0)
+        # G2: j in R's pairs, rows of j's block, column partner_R(j); G3/G4: row k in L's pairs, column
+        # col(q, t) / partner_R(col(q, t)) with q = partner_L(k)
+        j = tl.load(pairs_R_ptr + p_R, mask=in_R, other=-1).to(tl.int32)
+        partner_j = tl.load(pairs_R_ptr + (p_R ^ 1), mask=in_R, other=-1).to(tl.int32)
+        row_L = tl.load(pairs_L_ptr + p_L, mask=in_L, other=-1).to(tl.int32)
+        q = tl.load(pairs_L_ptr + (p_L ^ 1), mask=in_L, other=-1).to(tl.int32)
+        col_q = _slot_column(q, entry_slot, full, BLOCK_SIZE)
+        partner_col_q, _, _, _ = _lookup(col_q, pairs_R_ptr, theta_R_ptr, n_R, False, BLOCK_S)
+        row = tl.where(in_R, _slot_column(j, entry_slot, full, BLOCK_SIZE), row_L)
+        col = tl.where(in_R, partner_j, tl.where(is_G3, col_q, partner_col_q))
+        valid = tl.where(
+            in_R,
+            (j >= 0) & _slot_ok(j, entry_slot, full, n_diag, BLOCK_SIZE),
+            in_L & (row_L >= 0) & _slot_ok(q, entry_slot, full, n_diag, BLOCK_SIZE),
+        )
+        valid = valid & (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
+        row = tl.where(valid, row, 0)
+        col = tl.where(valid, col, 0)
+        acc = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
+        for offset in range(0, tokens_per_split, BLOCK_T):
+            t = first + offset + tl.arange(0, BLOCK_T)
+            t_ok = (t < n_tokens) & (t < first + tokens_per_split)
+            t64 = t[:, None].to(tl.int64)
+            mask = t_ok[:, None] & valid[None, :]
+            g = tl.load(g_ptr + t64 * stride_g + row[None, :], mask=mask, other=0.0).to(tl.float32)
+            x = tl.load(x_ptr + t64 * stride_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+            acc += g * x
+        tl.store(base + (4 + SLOTS) * width + e, tl.sum(acc, 0), mask=position < n_R2 + 2 * n_L2)
+
+
+@triton.jit
+def _split_sum(ptr, index, mask, split_stride, n_splits, BLOCK_SPLITS: tl.constexpr):
+    """``Σ_split ptr[split · split_stride + index]``: one 2-D load (independent loads in flight)."""
+    splits = tl.arange(0, BLOCK_SPLITS)
+    offsets = splits[:, None] * split_stride + index[None, :]
+    tile = tl.load(ptr + offsets, mask=(splits[:, None] < n_splits) & mask[None, :], other=0.0)
+    return tl.sum(tile, 0)
+
+
+@triton.jit
+def _split_sum_2d(ptr, index, mask, split_stride, n_splits, BLOCK_SPLITS: tl.constexpr, ROWS: tl.constexpr,
+                  SLOTS: tl.constexpr):  # fmt: skip
+    """:func:`_split_sum` of a ``[ROWS, SLOTS]`` block of indices."""
+    flat = _split_sum(
+        ptr,
+        tl.reshape(index, (ROWS * SLOTS,)),
+        tl.reshape(mask, (ROWS * SLOTS,)),
+        split_stride,
+        n_splits,
+        BLOCK_SPLITS,
+    )
+    return tl.reshape(flat, (ROWS, SLOTS))
+
+
+@triton.jit
+def _coordinate_grads_kernel(
+    partial_ptr, n_splits, split_stride, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
+    stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr, table_grad_ptr,
+    pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full,
+    HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
+    PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_SPLITS: tl.constexpr,
+):  # fmt: skip
+    """Per coordinate: bias and scale gradients, statistics, core gradients and the table gradients.
+
+    Coordinate ``k`` acts as a row (its slots' core gradients, ``∂/∂cos_L``, ``∂/∂sin_L``) and as a column
+    ``j = k`` (``∂/∂cos_R``, ``∂/∂sin_R``: a sum over the rows of ``j``'s block, whose slot ``j − start(j)``
+    sits at column ``j``).
+    """
+    k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    out_ok = k < n_out
+    in_ok = k < n_in
+    g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
+    if BIAS_GRAD:
+        tl.store(bias_grad_ptr + k, g_sum, mask=out_ok)
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + k, mask=out_ok, other=1.0).to(tl.float32)
+    else:
+        s = k.to(tl.float32) * 0.0 + 1.0
+    if SCALE_GRAD:  # Σ_t g ⊙ h with h = (y − b)/s
+        weighted = _split_sum(partial_ptr, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
+        if HAS_BIAS:
+            weighted -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * g_sum
+        tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
+    if STATS_OUT:
+        gg = _split_sum(partial_ptr + 2 * width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
+        tl.store(stats_out_ptr + k, tl.load(stats_out_ptr + k, mask=out_ok) + gg * inv_tokens, mask=out_ok)
+    if STATS_IN:
+        xx = _split_sum(partial_ptr + 3 * width, k, in_ok, split_stride, n_splits, BLOCK_SPLITS)
+        tl.store(stats_in_ptr + k, tl.load(stats_in_ptr + k, mask=in_ok) + xx * inv_tokens, mask=in_ok)
+    if PARAMS:
+        slot_sums = partial_ptr + 4 * width
+        g2_ptr = partial_ptr + (4 + SLOTS) * width
+        g3_ptr = g2_ptr + 2 * n_R * SLOTS
+        g4_ptr = g3_ptr + 2 * n_L * SLOTS
+        t = tl.arange(0, SLOTS)[None, :]
+        k2 = k[:, None]
+        # --- k as a row: upstream gradients of its entries (Σ_t (g s)_k x_col, see the token sums), and
+        # G3, G4 of row q; rotation entries are 0 where no rotation touches the row (coefficients vanish)
+        q, cos_L, sin_L, entry_L = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+        q2 = q[:, None]
+        ok_k = out_ok[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
+        ok_q = out_ok[:, None] & _slot_ok(q2, t, full, n_diag, BLOCK_SIZE)
+        col_k = _slot_column(k2, t, full, BLOCK_SIZE)
+        col_q = _slot_column(q2, t, full, BLOCK_SIZE)
+        _, cos_Rk, sin_Rk, entry_Rk = _lookup_2d(
+            col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK, SLOTS
+        )
+        _, cos_Rq, sin_Rq, _ = _lookup_2d(col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK, SLOTS)
+        s2 = s[:, None]
+        G1 = (
+            _split_sum_2d(slot_sums, k2 * SLOTS + t, ok_k, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+            * s2
+        )
+        rotated_R = ok_k & (entry_Rk >= 0)
+        row_in_block = k2 - _slot_column(k2, 0, full, BLOCK_SIZE)
+        G2 = _split_sum_2d(
+            g2_ptr, tl.where(rotated_R, entry_Rk * SLOTS + row_in_block, 0), rotated_R, split_stride,
+            n_splits, BLOCK_SPLITS, BLOCK, SLOTS,
+        ) * s2  # fmt: skip
+        rotated_L = (entry_L >= 0)[:, None]
+        own_q = rotated_L & ok_q
+        e3 = tl.where(own_q, entry_L[:, None] * SLOTS + t, 0)
+        G3 = _split_sum_2d(g3_ptr, e3, own_q, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS) * s2
+        G4 = _split_sum_2d(g4_ptr, e3, own_q, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS) * s2
+        if HAS_SCALE:
+            s_q = tl.load(scale_ptr + q, mask=out_ok, other=1.0).to(tl.float32)[:, None]
+        else:
+            s_q = s2
+        sin_Lq = -sin_L[:, None]  # partner_L is an involution: sin_L(q) = −sin_L(k) (both 0 when unpaired)
+        # q's G3/G4 at slot t (the other position of k's table slot): column col(k, t)
+        of_q = rotated_L & ok_k
+        e3_q = tl.where(of_q, (entry_L[:, None] ^ 1) * SLOTS + t, 0)
+        a_q = (
+            _split_sum_2d(g3_ptr, e3_q, of_q, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+            * s_q
+            * sin_Lq
+        )
+        b_q = (
+            _split_sum_2d(g4_ptr, e3_q, of_q, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+            * s_q
+            * sin_Lq
+        )
+        value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
+        value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
+        cos_L2 = cos_L[:, None]
+        own = G1 * cos_Rk + G2 * sin_Rk
+        tl.store(
+            core_grad_ptr + _value_index(k2, t, full, BLOCK_SIZE),
+            cos_L2 * own - (a_q * cos_Rk + b_q * sin_Rk),
+            mask=ok_k,
+        )
+        ok = k < width
+        tl.store(table_grad_ptr + k, tl.sum(value_k * own, 1), mask=ok)
+        tl.store(table_grad_ptr + width + k, -tl.sum(value_q * (G3 * cos_Rq + G4 * sin_Rq), 1), mask=ok)
+        # --- k as a column j: rows r of j's block, each with slot t_j = j − start(j) at column j
+        if SLOTS == 1:  # diag: r = j, t_j = 0 (the row quantities above)
+            grad_cos_R = tl.sum(value_k * (cos_L2 * G1 - a_q), 1)
+            grad_sin_R = tl.sum(value_k * (cos_L2 * G2 - b_q), 1)
+        else:
+            _, _, _, entry_Rj = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+            ok_r = in_ok[:, None] & (entry_Rj >= 0)[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
+            r = _slot_column(k2, t, full, BLOCK_SIZE)
+            slot_j = k2 - _slot_column(k2, 0, full, BLOCK_SIZE)
+            q_r, cos_Lr, sin_Lr, entry_Lr = _lookup_2d(
+                r, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S, BLOCK, SLOTS
+            )
+            if HAS_SCALE:
+                s_r = tl.load(scale_ptr + r, mask=ok_r, other=1.0).to(tl.float32)
+                s_qr = tl.load(scale_ptr + q_r, mask=ok_r, other=1.0).to(tl.float32)
+            else:
+                s_r = r.to(tl.float32) * 0.0 + 1.0
+                s_qr = s_r
+            G1_r = (
+                _split_sum_2d(
+                    slot_sums, r * SLOTS + slot_j, ok_r, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS
+                )
+                * s_r
+            )
+            G2_r = _split_sum_2d(
+                g2_ptr, tl.where(ok_r, entry_Rj[:, None] * SLOTS + t, 0), ok_r, split_stride, n_splits,
+                BLOCK_SPLITS, BLOCK, SLOTS,
+            ) * s_r  # fmt: skip
+            of_qr = ok_r & (entry_Lr >= 0)
+            e_qr = tl.where(of_qr, (entry_Lr ^ 1) * SLOTS + slot_j, 0)
+            a_r = _split_sum_2d(g3_ptr, e_qr, of_qr, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+            b_r = _split_sum_2d(g4_ptr, e_qr, of_qr, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+            a_r = a_r * s_qr * -sin_Lr
+            b_r = b_r * s_qr * -sin_Lr
+            value_r = _slot_value(blocks_ptr, tail_ptr, r, slot_j, ok_r, full, BLOCK_SIZE)
+            grad_cos_R = tl.sum(value_r * (cos_Lr * G1_r - a_r), 1)
+            grad_sin_R = tl.sum(value_r * (cos_Lr * G2_r - b_r), 1)
+        tl.store(table_grad_ptr + 2 * width + k, grad_cos_R, mask=ok)
+        tl.store(table_grad_ptr + 3 * width + k, grad_sin_R, mask=ok)
+
+
+@triton.jit
+def _theta_grads(
+    pairs_ptr,
+    theta_ptr,
+    n_slots,
+    grad_cos_ptr,
+    grad_sin_ptr,
+    out_ptr,
+    CAYLEY: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    """Chain rule from the per-coordinate tables to the angles: ``cos[i] = cos[j]``, ``sin[i] = −sin[j]``."""
+    for start in range(0, n_slots, BLOCK_S):
+        slots = start + tl.arange(0, BLOCK_S)
+        ok = slots < n_slots
+        i = tl.load(pairs_ptr + 2 * slots, mask=ok, other=-1)
+        j = tl.load(pairs_ptr + 2 * slots + 1, mask=ok, other=-1)
+        active = ok & (i >= 0)
+        grad_cos = tl.load(grad_cos_ptr + i, mask=active, other=0.0) + tl.load(
+            grad_cos_ptr + j, mask=active, other=0.0
+        )
+        grad_sin = tl.load(grad_sin_ptr + i, mask=active, other=0.0) - tl.load(
+            grad_sin_ptr + j, mask=active, other=0.0
+        )
+        theta = tl.load(theta_ptr + slots, mask=ok, other=0.0).to(tl.float32)
+        cos, sin = _cos_sin(theta, CAYLEY)
+        grad = cos * grad_sin - sin * grad_cos
+        if CAYLEY:
+            grad = grad / (1.0 + 0.25 * theta * theta)  # dφ/dθ for φ = 2·atan(θ/2)
+        tl.store(out_ptr + slots, tl.where(active, grad, 0.0), mask=ok)
+
+
+@triton.jit
+def _slot_grads_kernel(
+    scale_ptr, scale_grad_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, n_out, eps, alpha,
+    table_grad_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, theta_L_grad_ptr,
+    pairs_R_ptr, theta_R_ptr, n_R, theta_R_grad_ptr,
+    MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr, THETA_R_GRAD: tl.constexpr,
+    CAYLEY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+):  # fmt: skip
+    """One program: the magnitude logits' gradient (closed form, see ``scale_vjp``) and the angles'."""
+    if LOGITS_GRAD:
+        temperature = tl.load(temp_ptr).to(tl.float32)
+        excluded = tl.zeros((BLOCK_N,), tl.float32)
+        dot = tl.zeros((BLOCK_N,), tl.float32)
+        norm_sq = tl.zeros((BLOCK_N,), tl.float32)
+        for start in range(0, n_out, BLOCK_N):
+            idx = start + tl.arange(0, BLOCK_N)
+            ok = idx < n_out
+            nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
+            included = ok & (nu > eps)
+            excluded += tl.where(ok & (nu <= eps), nu * nu, 0.0)
+            grad = tl.where(included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0), 0.0)
+            if MODE == 2:
+                dot += grad * tl.load(scale_ptr + idx, mask=ok, other=0.0)
+            else:
+                gain = tl.where(
+                    included,
+                    1.0
+                    + alpha
+                    * _tanh(tl.load(logits_ptr + idx, mask=ok, other=0.0).to(tl.float32) / temperature),
+                    0.0,
+                )
+                dot += grad * gain
+                norm_sq += nu * nu * gain * gain
+        energy = tl.load(energy_ptr).to(tl.float32) - tl.sum(excluded, 0)
+        total = tl.sum(dot, 0)
+        total_norm_sq = tl.sum(norm_sq, 0)
+        for start in range(0, n_out, BLOCK_N):
+            idx = start + tl.arange(0, BLOCK_N)
+            ok = idx < n_out
+            nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
+            included = ok & (nu > eps)
+            grad = tl.where(included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0), 0.0)
+            if MODE == 2:
+                s = tl.load(scale_ptr + idx, mask=ok, other=0.0)
+                p = s * s * nu * nu / energy
+                result = (grad * s - p * total) / (2.0 * temperature)
+            else:
+                t = _tanh(tl.load(logits_ptr + idx, mask=ok, other=0.0).to(tl.float32) / temperature)
+                gain = 1.0 + alpha * t
+                kappa = tl.sqrt(energy / total_norm_sq)
+                d_gain = alpha * (1.0 - t * t) / temperature
+                result = d_gain * kappa * (grad - nu * nu * gain * total / total_norm_sq)
+            tl.store(logits_grad_ptr + idx, tl.where(included, result, 0.0), mask=ok)
+    if THETA_L_GRAD:
+        _theta_grads(
+            pairs_L_ptr,
+            theta_L_ptr,
+            n_L,
+            table_grad_ptr,
+            table_grad_ptr + width,
+            theta_L_grad_ptr,
+            CAYLEY,
+            BLOCK_S,
+        )
+    if THETA_R_GRAD:
+        _theta_grads(
+            pairs_R_ptr,
+            theta_R_ptr,
+            n_R,
+            table_grad_ptr + 2 * width,
+            table_grad_ptr + 3 * width,
+            theta_R_grad_ptr,
+            CAYLEY,
+            BLOCK_S,
+        )
+
+
+def _as_device_scalar(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.full((), float(value), dtype=torch.float32, device=like.device)
+
+
+def _core_pointers(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(blocks, tail)`` pointers of a core (the diag vector serves as ``b = 1`` blocks and an empty tail)."""
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+class _SparseCoreLinearTriton(torch.autograd.Function):
+    """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag/block core; gradients for x, bias, scale/logits, θ, core."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        config: dict[str, Any],
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        theta_R: torch.Tensor,
+        theta_L: torch.Tensor,
+        scale_or_logits: torch.Tensor | None,
+        *core_values: torch.Tensor,
+    ) -> torch.Tensor:
+        pairs_L, pairs_R, mode = config["pairs_L"], config["pairs_R"], config["mode"]
+        n, m, b, slots = config["n"], config["m"], config["block_size"], config["slots"]
+        linear = config["layout"] == "linear"
+        weight, theta_L, theta_R = weight.contiguous(), theta_L.contiguous(), theta_R.contiguous()
+        core_values = tuple(v.contiguous() for v in core_values)
+        if scale_or_logits is not None:
+            scale_or_logits = scale_or_logits.contiguous()
+        folded = torch.empty_like(weight)
+        scale = torch.empty(n, dtype=torch.float32, device=x.device) if mode >= _OER else scale_or_logits
+        logits = scale_or_logits if mode >= _OER else None
+        offset = config["offset"]
+        blocks, tail = _core_pointers(core_values)
+        offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
+        block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
+        block_cols = max(16, block_cols // slots)
+        row_blocks = _cdiv(n, block_rows)
+        col_splits = max(1, min(_cdiv(FOLD_PROGRAMS, row_blocks), _cdiv(m, block_cols)))
+        cols_per_split = _cdiv(_cdiv(m, col_splits), block_cols) * block_cols
+        _fold_kernel[(row_blocks, _cdiv(m, cols_per_split))](
+            weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
+            blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
+            pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
+            cols_per_split, config["eps"], config["alpha"],
+            MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
+            BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
+            BLOCK_S=_SLOT_BLOCK, num_warps=FOLD_WARPS,
+        )  # fmt: skip
+        if linear:
+            out = torch.nn.functional.linear(x, folded, bias)
+        else:
+            out = x @ folded
+            if bias is not None:
+                out = out + bias
+        ctx.config = config
+        keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
+        ctx.save_for_backward(
+            x, folded, bias, theta_R, theta_L, scale_or_logits, scale if mode >= _OER else None,
+            out if keep_out else None, *core_values,
+        )  # fmt: skip
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        config = ctx.config
+        x, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, *core_values = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        mode, n, m = config["mode"], config["n"], config["m"]
+        b, slots, full, n_diag = config["block_size"], config["slots"], config["full"], config["n_diag"]
+        pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
+        linear = config["layout"] == "linear"
+        grad_x = None
+        if needs[1]:
+            grad_x = (grad_out @ folded if linear else grad_out @ folded.T).to(x.dtype)
+        stats_in, stats_out = config["stats_in"], config["stats_out"]
+        core_needs = needs[7:]
+        params = needs[4] or needs[5] or any(core_needs)
+        scale_grad = mode != _NO_SCALE and needs[6]
+        no_core_grads = (None,) * len(core_values)
+        if not (params or scale_grad or needs[3] or stats_in is not None or stats_out is not None):
+            if config["on_backward"] is not None:
+                config["on_backward"]()
+            return None, grad_x, None, None, None, None, None, *no_core_grads
+
+        g = grad_out.reshape(-1, n).contiguous()
+        xs = x.reshape(-1, m).contiguous()
+        y = out.reshape(-1, n).contiguous() if out is not None else g
+        tokens = g.shape[0]
+        width = max(n, m)
+        outer = 1 < b == slots
+        block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
+        if outer:  # the outer-product accumulator holds block_t × block_c × b values
+            block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
+        elif b > 1:
+            block_c = max(16, block_c // slots)
+        splits = max(1, min(64, _cdiv(tokens, 256)))
+        tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
+        splits = max(1, _cdiv(tokens, tokens_per_split))
+        entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
+        split_stride = (_N_COLUMN_SUMS + slots) * width + entries
+        partial = torch.empty(splits * split_stride, dtype=torch.float32, device=x.device)
+        # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad)
+        n_values = full * b + (n_diag - full)
+        sizes = (4 * width, n_values, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
+        workspace = torch.empty(sum(sizes), dtype=torch.float32, device=x.device)
+        table_grads, core_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad, theta_R_grad = (
+            workspace.split(sizes)
+        )
+        cayley = config["cayley"]
+        blocks, tail = _core_pointers(tuple(core_values))
+        col_blocks = _cdiv(width, block_c)
+        _token_sums_kernel[(col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits)](
+            g, y, xs, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
+            tokens, n, m, n_diag, full, width, g.stride(0), y.stride(0), xs.stride(0), tokens_per_split,
+            col_blocks,
+            HAS_Y=out is not None, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None,
+            BLOCK_SIZE=b, SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
+            BLOCK_S=_SLOT_BLOCK,
+        )  # fmt: skip
+        scale = inner_scale if mode >= _OER else scale_or_logits
+        block = max(4, _COORDINATE_BLOCK // slots)
+        _coordinate_grads_kernel[(_cdiv(width, block),)](
+            partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
+            1.0 / max(tokens, 1), blocks, tail, core_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
+            pairs_R, theta_R, pairs_R.shape[0], n, m, n_diag, full,
+            HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
+            PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
+            BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK,
+            BLOCK_SPLITS=_next_power_of_2(splits),
+        )  # fmt: skip
+        logits_wanted = scale_grad and mode >= _OER
+        if logits_wanted or needs[4] or needs[5]:
+            _slot_grads_kernel[(1,)](
+                scale, scale_grad_buf, scale_or_logits, config["norms"], config["energy"], config["temperature"],
+                logits_grad, n, config["eps"], config["alpha"], table_grads, width, pairs_L, theta_L,
+                pairs_L.shape[0], theta_L_grad, pairs_R, theta_R, pairs_R.shape[0], theta_R_grad,
+                MODE=mode, LOGITS_GRAD=logits_wanted, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
+                CAYLEY=cayley, BLOCK_N=1024, BLOCK_S=_SLOT_BLOCK, num_warps=8,
+            )  # fmt: skip
+        if config["on_backward"] is not None:
+            config["on_backward"]()
+        grad_scale_slot = None
+        if scale_grad:
+            grad_scale_slot = (logits_grad if mode >= _OER else scale_grad_buf).to(scale_or_logits.dtype)
+        # the flat core gradient: the blocks ([full, b] row-major), then the tail
+        core_grads = (core_grad[: full * b], core_grad[full * b :])[: len(core_values)]
+        return (
+            None,
+            grad_x,
+            None,
+            bias_grad.to(bias.dtype) if needs[3] and bias is not None else None,
+            theta_R_grad.to(theta_R.dtype) if needs[4] else None,
+            theta_L_grad.to(theta_L.dtype) if needs[5] else None,
+            grad_scale_slot,
+            *(
+                grad.view(value.shape).to(value.dtype) if wanted else None
+                for grad, value, wanted in zip(core_grads, core_values, core_needs, strict=True)
+            ),
+        )
+
+
+def sparse_core_linear_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    *,
+    layout: str,
+    core_values: tuple[torch.Tensor, ...],
+    core_offset: tuple[torch.Tensor, ...] | None,
+    block_size: int,
+    pairs_L: torch.Tensor,
+    theta_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    theta_R: torch.Tensor,
+    scale: torch.Tensor | None,
+    magnitude: Magnitude | None,
+    rotation_param: str,
+    stats_in: torch.Tensor | None,
+    stats_out: torch.Tensor | None,
+    on_backward: Callable[[], None] | None,
+) -> torch.Tensor:
+    """The diag- or block-core fused linear through the Triton kernels (arguments checked by ``jora_linear``).
+
+    ``core_values`` is ``(diag,)`` (``block_size=1``) or ``(blocks, tail)``; ``core_offset`` the same form.
+    Pair tables may hold empty ``-1`` slots (their angles get a zero gradient).
+    """
+    if not 1 <= block_size <= TRITON_MAX_BLOCK_SIZE:
+        raise ValueError(f"block_size must be in [1, {TRITON_MAX_BLOCK_SIZE}] here, got {block_size}")
+    n = weight.shape[0] if layout == "linear" else weight.shape[1]
+    m = x.shape[-1]
+    n_diag = min(n, m)
+    full = core_values[0].numel() if len(core_values) == 1 else core_values[0].shape[0] * block_size
+    if magnitude is not None:
+        mode = _MAGNITUDE_MODES[magnitude.kind]
+        scale_slot = magnitude.logits
+        norms, energy = magnitude.row_norms, _as_device_scalar(magnitude.total_energy, x)
+        temperature, eps, alpha = (
+            _as_device_scalar(magnitude.temperature, x),
+            magnitude.eps,
+            magnitude.ecd_alpha,
+        )
+    else:
+        mode = _GIVEN_SCALE if scale is not None else _NO_SCALE
+        scale_slot, norms, energy, temperature, eps, alpha = scale, None, None, None, 0.0, 0.0
+    config = {
+        "pairs_L": pairs_L.contiguous(),
+        "pairs_R": pairs_R.contiguous(),
+        "mode": mode,
+        "n": n,
+        "m": m,
+        "n_diag": n_diag,
+        "full": full,
+        "block_size": block_size,
+        "slots": _next_power_of_2(block_size),
+        "layout": layout,
+        "offset": tuple(v.contiguous() for v in core_offset) if core_offset is not None else None,
+        "norms": norms,
+        "energy": energy,
+        "temperature": temperature,
+        "eps": float(eps),
+        "alpha": float(alpha),
+        "cayley": rotation_param == "cayley",
+        "stats_in": stats_in,
+        "stats_out": stats_out,
+        "on_backward": on_backward,
+    }
+    return _SparseCoreLinearTriton.apply(config, x, weight, bias, theta_R, theta_L, scale_slot, *core_values)
