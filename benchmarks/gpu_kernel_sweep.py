@@ -3,8 +3,7 @@
 python benchmarks/gpu_kernel_sweep.py   (bf16, d=4096, OER magnitude, S=32 per side; diag and block b=4;
 T = 8192 and 32768)
 
-Each row sets the fold's block shape, its target program count (column splits) and warps, and the token
-sums' block shape, then reads the per-kernel device time from the profiler (10 fwd+bwd).
+Each row sets the fold's block shape and warps, and the token sums' block shapes (b = 1 and b > 1), then reads the per-kernel device time from the profiler (10 fwd+bwd).
 """
 
 from __future__ import annotations
@@ -15,17 +14,12 @@ import torch
 
 from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 
-# (fold rows, fold cols, fold programs, fold warps, sums coordinates, sums tokens)
+# (fold rows, fold cols, fold warps, token sums (coordinates, tokens): b = 1, b = 4)
 VARIANTS = [
-    (16, 256, 1, 4, 128, 16),  # one program per row block: the v6 kernels' launch
-    (16, 256, 1024, 4, 128, 16),
-    (16, 256, 2048, 4, 128, 16),
-    (8, 256, 1024, 4, 128, 16),
-    (16, 128, 1024, 4, 128, 16),
-    (16, 256, 1024, 8, 128, 16),
-    (32, 256, 1024, 8, 128, 16),
-    (16, 256, 1024, 4, 64, 32),
-    (16, 256, 1024, 4, 256, 8),
+    (16, 256, 4, (128, 16), (128, 16)),  # the defaults
+    (8, 256, 4, (128, 16), (128, 8)),
+    (16, 256, 4, (256, 8), (64, 8)),
+    (32, 256, 8, (256, 8), (256, 4)),
 ]
 
 
@@ -71,16 +65,16 @@ def main() -> int:
     kernels = _sparse_core_triton
     for core in ("diag", "block"):
         for T in (8192, 32768):
-            for rows, cols, programs, warps, sum_c, sum_t in VARIANTS:
+            for rows, cols, warps, sums, block_sums in VARIANTS:
                 kernels.FOLD_BLOCKS["linear"] = (rows, cols)
-                kernels.FOLD_PROGRAMS = programs
                 kernels.FOLD_WARPS = warps
-                kernels.TOKEN_SUM_BLOCKS = (sum_c, sum_t)
+                kernels.TOKEN_SUM_BLOCKS = sums
+                kernels.BLOCK_TOKEN_SUM_BLOCKS = block_sums
                 times = kernel_times(T, core)
                 cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
                 print(
-                    f"{core:5s} T={T:6d} fold({rows}, {cols}, programs={programs}, warps={warps}) "
-                    f"sums({sum_c}, {sum_t}): {cells}",
+                    f"{core:5s} T={T:6d} fold({rows}, {cols}, warps={warps}) "
+                    f"sums{sums if core == 'diag' else block_sums}: {cells}",
                     flush=True,
                 )
     return 0

@@ -52,12 +52,11 @@ _ENTRY_BLOCK = 64
 # block shapes (rows, columns) of the fold per weight layout, and (coordinates, tokens) of the token sums,
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
 FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 256), "conv1d": (64, 64)}
-FOLD_PROGRAMS = 1  # the fold's columns are split until about this many programs run (1: one per row block)
 FOLD_WARPS = 4
 # rows per step of the in-kernel OER/ECD normaliser: one step (loads all in flight) up to this many rows
 FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
-BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)  # b > 1 (else coordinates / b where b is no power of two)
+BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 _COORDINATE_BLOCK = 64
 _SLOT_BLOCK = 32
@@ -205,13 +204,12 @@ def _row_scale(
 def _fold_kernel(
     w_ptr, folded_ptr, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr,
     blocks_ptr, tail_ptr, offset_blocks_ptr, offset_tail_ptr, pairs_L_ptr, theta_L_ptr, n_L,
-    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, cols_per_split, eps,
-    alpha, MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha,
+    MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """``folded = diag(s)(W + ΔW)`` for a block of rows and a split of columns (logical ``[n, m]``; any
-    strides); the first split writes ``s``.
+    """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``.
 
     Row ``k``'s entries, per slot ``t`` (``q = partner_L(k)``, ``j = col(k, t)``, ``j' = col(q, t)``):
     ``E1`` at ``j``, ``E2`` at ``partner_R(j)``, ``E3`` at ``j'``, ``E4`` at ``partner_R(j')``.
@@ -224,10 +222,8 @@ def _fold_kernel(
             logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha, MODE, BLOCK_N
         )
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
-    col_start = tl.program_id(1) * cols_per_split
     if MODE >= 2:
-        if tl.program_id(1) == 0:
-            tl.store(scale_out_ptr + rows, s, mask=row_ok)
+        tl.store(scale_out_ptr + rows, s, mask=row_ok)
     q, cos_L, sin_L, _ = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
@@ -251,7 +247,7 @@ def _fold_kernel(
     e3 = -sin_L[:, None] * value_q * cos_Rq
     e4 = -sin_L[:, None] * value_q * sin_Rq
     row_off = rows[:, None].to(tl.int64) * stride_row
-    for start in range(col_start, col_start + cols_per_split, BLOCK_COLS):
+    for start in range(0, n_in, BLOCK_COLS):
         cols = start + tl.arange(0, BLOCK_COLS)
         mask = row_ok[:, None] & (cols < n_in)[None, :]
         offsets = row_off + cols[None, :].to(tl.int64) * stride_col
@@ -710,14 +706,11 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
         block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
         block_cols = max(16, block_cols // slots)
-        row_blocks = _cdiv(n, block_rows)
-        col_splits = max(1, min(_cdiv(FOLD_PROGRAMS, row_blocks), _cdiv(m, block_cols)))
-        cols_per_split = _cdiv(_cdiv(m, col_splits), block_cols) * block_cols
-        _fold_kernel[(row_blocks, _cdiv(m, cols_per_split))](
+        _fold_kernel[(_cdiv(n, block_rows),)](
             weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
             blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
             pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
-            cols_per_split, config["eps"], config["alpha"],
+            config["eps"], config["alpha"],
             MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
             BLOCK_S=_SLOT_BLOCK, num_warps=FOLD_WARPS,
