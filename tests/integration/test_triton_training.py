@@ -1,4 +1,4 @@
-"""Training through PEFT on the Triton diag path matches the torch path step by step.
+"""Training through PEFT on the Triton diag and block path matches the torch path step by step.
 
 Selection fills the slots over the first steps (active prefixes of the slot tables, then whole tables),
 statistics feed the selection, the magnitude is trained: losses, pairs and every parameter must agree.
@@ -23,11 +23,13 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _train(arch: str, impl: str, magnitude: str, steps: int) -> tuple[list[float], dict[str, torch.Tensor]]:
+def _train(
+    arch: str, impl: str, magnitude: str, core: str, steps: int
+) -> tuple[list[float], dict[str, torch.Tensor]]:
     build, targets = MODELS[arch]
     config = JoraConfig(
         target_modules=targets, S_L=4, S_R=4, k=2, warmup_steps=2, update_interval=1, magnitude=magnitude,
-        rotation_impl=impl, init_weights=False,
+        rotation_impl=impl, init_weights=False, core=core, block_size=4,
     )  # fmt: skip
     model = get_peft_model(build(seed=3), config).to(DEVICE)
     model.train()
@@ -44,10 +46,13 @@ def _train(arch: str, impl: str, magnitude: str, steps: int) -> tuple[list[float
     return losses, state
 
 
-@pytest.mark.parametrize(("arch", "magnitude"), [("llama", "oer_softmax"), ("gpt2", "ecd_tanh")])
-def test_training_on_the_triton_path_matches_the_torch_path(arch: str, magnitude: str) -> None:
-    torch_losses, torch_state = _train(arch, "torch", magnitude, steps=6)
-    triton_losses, triton_state = _train(arch, "triton", magnitude, steps=6)
+@pytest.mark.parametrize(
+    ("arch", "magnitude", "core"),
+    [("llama", "oer_softmax", "diag"), ("gpt2", "ecd_tanh", "diag"), ("llama", "ecd_tanh", "block")],
+)
+def test_training_on_the_triton_path_matches_the_torch_path(arch: str, magnitude: str, core: str) -> None:
+    torch_losses, torch_state = _train(arch, "torch", magnitude, core, steps=6)
+    triton_losses, triton_state = _train(arch, "triton", magnitude, core, steps=6)
     assert len(set(torch_losses)) > 1  # the model trains
     for got, expected in zip(triton_losses, torch_losses, strict=True):
         assert abs(got - expected) <= 1e-5 * abs(expected)

@@ -1,0 +1,103 @@
+"""Compile the sparse-core Triton kernels for a Hopper target (sm_90) without a GPU: frontend, passes, ptxas.
+
+Run as a script (``TRITON_INTERPRET`` must be unset: under the interpreter the kernels are not compiled).
+Prints one line per kernel variant with its resource usage when ``cuobjdump`` is available; exits non-zero
+on the first variant that does not compile. Used by ``test_triton_compile.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from jora_ops import _sparse_core_triton as kernels
+
+TARGET = GPUTarget("cuda", 90, 32)
+_FLOAT_ARGS = {"eps", "alpha", "inv_tokens"}
+_INT64_POINTERS = {"pairs_L_ptr", "pairs_R_ptr"}
+_BF16_POINTERS = {"w_ptr", "folded_ptr", "g_ptr", "y_ptr", "x_ptr", "bias_ptr"}
+
+
+def _signature(fn: Any, constexprs: dict[str, Any]) -> dict[str, str]:
+    signature = {}
+    for name in fn.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name in _INT64_POINTERS:
+            signature[name] = "*i64"
+        elif name in _BF16_POINTERS:
+            signature[name] = "*bf16"
+        elif name.endswith("_ptr"):
+            signature[name] = "*fp32"
+        else:
+            signature[name] = "fp32" if name in _FLOAT_ARGS else "i32"
+    return signature
+
+
+def _resources(cubin: bytes) -> str:
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    if not cuobjdump.exists():
+        return "(no cuobjdump)"
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as file:
+        file.write(cubin)
+        file.flush()
+        out = subprocess.run([str(cuobjdump), "-res-usage", file.name], capture_output=True, text=True).stdout
+    return next((line.strip() for line in out.splitlines() if "REG:" in line), "(no resource line)")
+
+
+def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> str:
+    """Compile one variant; returns its resource line."""
+    source = ASTSource(
+        fn=fn,
+        signature=_signature(fn, constexprs),
+        constexprs={(fn.arg_names.index(name),): value for name, value in constexprs.items()},
+    )
+    compiled = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
+    return _resources(compiled.asm["cubin"])
+
+
+def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
+    """Every kernel for b = 1 (diag), 3 (gathered slot sums) and 4, 16 (outer-product slot sums)."""
+    out = []
+    for b in (1, 3, 4, 16):
+        slots = kernels._next_power_of_2(b)
+        outer = 1 < b == slots
+        block_c, block_t = kernels.TOKEN_SUM_BLOCKS if b == 1 else kernels.BLOCK_TOKEN_SUM_BLOCKS
+        if outer:
+            block_c = max(b, min(block_c, kernels._OUTER_ACCUMULATOR // (block_t * b)))
+        elif b > 1:
+            block_c = max(16, block_c // slots)
+        rows, cols = kernels.FOLD_BLOCKS["linear"]
+        common = {"BLOCK_SIZE": b, "SLOTS": slots, "BLOCK_S": 32}
+        out.append((f"fold b={b}", kernels._fold_kernel, {**common, "MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
+                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": 4096}, kernels.FOLD_WARPS))  # fmt: skip
+        out.append((f"token sums b={b}", kernels._token_sums_kernel, {**common, "HAS_Y": True, "PARAMS": True,
+                    "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
+                    "BLOCK_E": 64}, 4))  # fmt: skip
+        out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
+                    "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "PARAMS": True, "STATS_OUT": True,
+                    "STATS_IN": True, "CAYLEY": False, "BLOCK": max(4, 64 // slots), "BLOCK_SPLITS": 64}, 4))  # fmt: skip
+    out.append(("slot grads", kernels._slot_grads_kernel, {"MODE": 3, "LOGITS_GRAD": True, "THETA_L_GRAD": True,
+                "THETA_R_GRAD": True, "CAYLEY": True, "BLOCK_N": 1024, "BLOCK_S": 32}, 8))  # fmt: skip
+    return out
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        print("TRITON_INTERPRET is set: nothing is compiled under the interpreter", file=sys.stderr)
+        return 2
+    for name, fn, constexprs, warps in variants():
+        print(f"{name:28s} {compile_kernel(fn, constexprs, warps)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
