@@ -275,7 +275,9 @@ def _token_sums_kernel(
 
     Programs ``pid < n_col_blocks`` take a block of coordinates ``k`` and stream ``g``, ``y``, ``x`` with
     contiguous loads: ``Σg·y``, ``Σg``, ``Σg²``, ``Σx²`` (rows 0-3 of ``width``), then the slot sums
-    ``Σ g_k x_col(k, t)`` (``width × SLOTS``). The others take a block of rotation entries — ``(row, column)``
+    ``Σ g_k x_col(k, t)`` (``width × SLOTS``: the diagonal for ``b = 1``; for a power-of-two ``b`` (``OUTER``)
+    the outer product of each block's ``g`` and ``x`` rows, with the remainder diagonal beside it; else
+    ``x`` gathered at the slot columns). The others take a block of rotation entries — ``(row, column)``
     positions of ``ΔW`` that depend on an angle — and gather ``Σ_t g[t, row] x[t, column]`` (after the slot
     sums, ``SLOTS`` per table position: ``G2`` for ``R``'s ``2 S_R`` positions, then ``G3`` and ``G4`` for
     ``L``'s ``2 S_L`` each). They run beside the column programs of the same split, so their gathers mostly
@@ -292,7 +294,7 @@ def _token_sums_kernel(
         slot = tl.arange(0, SLOTS)[None, :]
         slot_ok = _slot_ok(k[:, None], slot, full, n_diag, BLOCK_SIZE)
         slot_col = _slot_column(k[:, None], slot, full, BLOCK_SIZE)
-        # 2-D (3-D for the block slot sums) accumulators: one reduction over tokens at the end
+        # 2-D accumulators (3-D/4-D for the block slot sums): one reduction over tokens at the end
         acc_gy = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_g = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_gg = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
