@@ -384,7 +384,10 @@ def jora_linear(
             (also under activation checkpointing).
         stats_out: fp32 buffer ``[n]``; backward adds the token mean of ``(∂L/∂y)²``.
         on_backward: called once at the end of each backward of this function.
-        impl: ``"auto"`` (Triton for CUDA tensors when triton imports), ``"torch"`` or ``"triton"``.
+        impl: ``"auto"`` (Triton for CUDA tensors when triton imports), ``"torch"`` or ``"triton"``. On the
+            Triton path the diag and block (``block_size`` ≤ 16) cores with a base weight run entirely in
+            Triton kernels; lowrank and larger blocks fold with torch ops around a Triton token-sum pass;
+            ``base_output`` chaining runs on torch ops (``"triton"`` raises there).
 
     Returns:
         ``y`` ``[..., n]`` in the base output's dtype.
