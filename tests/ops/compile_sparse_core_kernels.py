@@ -78,7 +78,7 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
         rows, cols = kernels.FOLD_BLOCKS["linear"]
         common = {"BLOCK_SIZE": b, "SLOTS": slots, "BLOCK_S": 32}
         out.append((f"fold b={b}", kernels._fold_kernel, {**common, "MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
-                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": 4096}, kernels.FOLD_WARPS))  # fmt: skip
+                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK}, kernels.FOLD_WARPS))  # fmt: skip
         out.append((f"token sums b={b}", kernels._token_sums_kernel, {**common, "HAS_Y": True, "PARAMS": True,
                     "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
                     "BLOCK_E": 64}, 4))  # fmt: skip
