@@ -102,7 +102,7 @@ def token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def column_sums_torch(
     grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
 ) -> dict[str, torch.Tensor | None]:
-    """Torch reference of :func:`jora_ops.triton_kernels.column_sums_triton` (same keys, at least fp32)."""
+    """Torch reference of :func:`jora_ops._sparse_core_triton.column_sums_triton` (same keys, at least fp32)."""
     compute_dtype = torch.promote_types(grad.dtype, torch.float32)
     g = grad.to(compute_dtype)
     xs = x.to(compute_dtype) if x is not None else None
@@ -159,7 +159,7 @@ def output_side_grads(
     y_raw = out.reshape(-1, n) if need_y and out is not None else None
     x_raw = x.reshape(-1, m) if n_diag or stats else None
     if use_triton:
-        from jora_ops.triton_kernels import column_sums_triton
+        from jora_ops._sparse_core_triton import column_sums_triton
 
         sums = column_sums_triton(g_raw, y_raw, x_raw, n_diag, stats)
     else:

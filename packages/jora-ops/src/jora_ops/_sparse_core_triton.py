@@ -39,7 +39,12 @@ from jora_ops.triton_kernels import host_cdiv as _cdiv
 if TYPE_CHECKING:
     from jora_ops.fused import Magnitude  # fused imports this module lazily: no cycle at run time
 
-__all__ = ["SPARSE_CORE_TRITON_DTYPES", "TRITON_MAX_BLOCK_SIZE", "sparse_core_linear_triton"]
+__all__ = [
+    "SPARSE_CORE_TRITON_DTYPES",
+    "TRITON_MAX_BLOCK_SIZE",
+    "column_sums_triton",
+    "sparse_core_linear_triton",
+]
 
 SPARSE_CORE_TRITON_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 TRITON_MAX_BLOCK_SIZE = 16
@@ -667,6 +672,80 @@ def _slot_grads_kernel(
         )
 
 
+def _token_sums(
+    g: torch.Tensor,
+    y: torch.Tensor | None,
+    x: torch.Tensor,
+    pairs_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    theta_R: torch.Tensor,
+    n_diag: int,
+    full: int,
+    block_size: int,
+    params: bool,
+    stats_out: bool,
+    stats_in: bool,
+) -> tuple[torch.Tensor, int, int]:
+    """Launch :func:`_token_sums_kernel` over 2-D ``g`` [T, n], ``y`` [T, n] (or ``None``), ``x`` [T, m].
+
+    Returns ``(partial, splits, split_stride)``: per split of tokens, the rows described in the kernel.
+    """
+    g, x = g.contiguous(), x.contiguous()
+    y_or_g = y.contiguous() if y is not None else g
+    tokens, n = g.shape
+    m = x.shape[1]
+    width = max(n, m)
+    b, slots = block_size, _next_power_of_2(block_size)
+    outer = 1 < b == slots
+    block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
+    if outer:  # the outer-product accumulator holds block_t × block_c × b values
+        block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
+    elif b > 1:
+        block_c = max(16, block_c // slots)
+    splits = max(1, min(64, _cdiv(tokens, 256)))
+    tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
+    splits = max(1, _cdiv(tokens, tokens_per_split))
+    entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
+    split_stride = (_N_COLUMN_SUMS + slots) * width + entries
+    partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
+    col_blocks = _cdiv(width, block_c)
+    _token_sums_kernel[(col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits)](
+        g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
+        tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
+        HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=b, SLOTS=slots,
+        OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
+    )  # fmt: skip
+    return partial, splits, split_stride
+
+
+def column_sums_triton(
+    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
+) -> dict[str, torch.Tensor]:
+    """Token sums over 2-D ``grad`` [T, n], ``out`` [T, n], ``x`` [T, m] in one pass (fp32 results).
+
+    Returns ``g_y`` = Σg·out, ``g`` = Σg, ``g_x`` = Σg·x over the first ``n_diag`` columns, and with
+    ``stats`` also ``g_g`` = Σg² and ``x_x`` = Σx². The column programs of :func:`_token_sums_kernel` with
+    ``b = 1`` and no rotation entries; splits are summed afterwards (deterministic).
+    """
+    n_out = grad.shape[1]
+    n_in = x.shape[1] if x is not None else 0
+    no_pairs = torch.empty(0, 2, dtype=torch.int64, device=grad.device)
+    no_angles = torch.empty(0, dtype=torch.float32, device=grad.device)
+    partial, splits, split_stride = _token_sums(
+        grad, out, x if x is not None else grad, no_pairs, no_pairs, no_angles, n_diag, n_diag, 1,
+        x is not None and n_diag > 0, stats, stats and x is not None,
+    )  # fmt: skip
+    width = max(n_out, n_in)
+    total = partial.view(splits, split_stride).sum(0)
+    return {
+        "g_y": total[:n_out],
+        "g": total[width : width + n_out],
+        "g_g": total[2 * width : 2 * width + n_out],
+        "x_x": total[3 * width : 3 * width + n_in],
+        "g_x": total[4 * width : 4 * width + n_diag],
+    }
+
+
 def _as_device_scalar(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
@@ -754,22 +833,12 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             return None, grad_x, None, None, None, None, None, *no_core_grads
 
         g = grad_out.reshape(-1, n).contiguous()
-        xs = x.reshape(-1, m).contiguous()
-        y = out.reshape(-1, n).contiguous() if out is not None else g
         tokens = g.shape[0]
         width = max(n, m)
-        outer = 1 < b == slots
-        block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
-        if outer:  # the outer-product accumulator holds block_t × block_c × b values
-            block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
-        elif b > 1:
-            block_c = max(16, block_c // slots)
-        splits = max(1, min(64, _cdiv(tokens, 256)))
-        tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
-        splits = max(1, _cdiv(tokens, tokens_per_split))
-        entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
-        split_stride = (_N_COLUMN_SUMS + slots) * width + entries
-        partial = torch.empty(splits * split_stride, dtype=torch.float32, device=x.device)
+        partial, splits, split_stride = _token_sums(
+            g, out.reshape(-1, n) if out is not None else None, x.reshape(-1, m), pairs_L, pairs_R, theta_R,
+            n_diag, full, b, params, stats_out is not None, stats_in is not None,
+        )  # fmt: skip
         # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad)
         n_values = full * b + (n_diag - full)
         sizes = (4 * width, n_values, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
@@ -779,15 +848,6 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         )
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
-        col_blocks = _cdiv(width, block_c)
-        _token_sums_kernel[(col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits)](
-            g, y, xs, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
-            tokens, n, m, n_diag, full, width, g.stride(0), y.stride(0), xs.stride(0), tokens_per_split,
-            col_blocks,
-            HAS_Y=out is not None, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None,
-            BLOCK_SIZE=b, SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
-            BLOCK_S=_SLOT_BLOCK,
-        )  # fmt: skip
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = max(4, _COORDINATE_BLOCK // slots)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
