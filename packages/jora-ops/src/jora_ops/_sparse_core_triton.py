@@ -151,6 +151,38 @@ def _value_index(k, t, full, BLOCK_SIZE: tl.constexpr):
 
 
 @triton.jit
+def _row_slots(
+    rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag,
+    CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK_S: tl.constexpr,
+    ROWS: tl.constexpr,
+):  # fmt: skip
+    """The geometry of core rows ``k`` (1-D) that the fold and the chain rule share.
+
+    Returns ``q = partner_L(k)`` with ``k``'s ``L`` rotation and table entry, ``q`` as a column, and per slot
+    ``t`` (``[ROWS, SLOTS]``): whether ``k`` and ``q`` have it, its columns ``col(k, t)``, ``col(q, t)``, and
+    the ``R`` rotation at those columns (partner, cos, sin; the table entry for ``col(k, t)``).
+    """
+    q, cos_L, sin_L, entry_L = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+    t = tl.arange(0, SLOTS)[None, :]
+    k2 = rows[:, None]
+    q2 = q[:, None]
+    ok_k = row_ok[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
+    ok_q = row_ok[:, None] & _slot_ok(q2, t, full, n_diag, BLOCK_SIZE)
+    col_k = _slot_column(k2, t, full, BLOCK_SIZE)
+    col_q = _slot_column(q2, t, full, BLOCK_SIZE)
+    partner_k, cos_Rk, sin_Rk, entry_Rk = _lookup_2d(
+        col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
+    )
+    partner_q, cos_Rq, sin_Rq, _ = _lookup_2d(
+        col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
+    )
+    return (
+        q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q,
+        cos_Rq, sin_Rq,
+    )  # fmt: skip
+
+
+@triton.jit
 def _tanh(v):
     return 1.0 - 2.0 / (tl.exp(2.0 * v) + 1.0)
 
@@ -229,20 +261,14 @@ def _fold_kernel(
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
-    q, cos_L, sin_L, _ = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
-    q2 = q[:, None]
-    ok_k = row_ok[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
-    ok_q = row_ok[:, None] & _slot_ok(q2, t, full, n_diag, BLOCK_SIZE)
-    col_k = _slot_column(k2, t, full, BLOCK_SIZE)
-    col_q = _slot_column(q2, t, full, BLOCK_SIZE)
-    partner_k, cos_Rk, sin_Rk, _ = _lookup_2d(
-        col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK_ROWS, SLOTS
-    )
-    partner_q, cos_Rq, sin_Rq, _ = _lookup_2d(
-        col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK_ROWS, SLOTS
-    )
+    _, cos_L, sin_L, _, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, _, partner_q, cos_Rq, sin_Rq = (
+        _row_slots(
+            rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, CAYLEY,
+            BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK_ROWS,
+        )
+    )  # fmt: skip
     value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
     value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
     e1 = cos_L[:, None] * value_k * cos_Rk
@@ -466,16 +492,12 @@ def _coordinate_grads_kernel(
         k2 = k[:, None]
         # --- k as a row: upstream gradients of its entries (Σ_t (g s)_k x_col, see the token sums), and
         # G3, G4 of row q; rotation entries are 0 where no rotation touches the row (coefficients vanish)
-        q, cos_L, sin_L, entry_L = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
-        q2 = q[:, None]
-        ok_k = out_ok[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
-        ok_q = out_ok[:, None] & _slot_ok(q2, t, full, n_diag, BLOCK_SIZE)
-        col_k = _slot_column(k2, t, full, BLOCK_SIZE)
-        col_q = _slot_column(q2, t, full, BLOCK_SIZE)
-        _, cos_Rk, sin_Rk, entry_Rk = _lookup_2d(
-            col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK, SLOTS
-        )
-        _, cos_Rq, sin_Rq, _ = _lookup_2d(col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, BLOCK, SLOTS)
+        q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, _, _, _, cos_Rk, sin_Rk, entry_Rk, _, cos_Rq, sin_Rq = (
+            _row_slots(
+                k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, CAYLEY,
+                BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK,
+            )
+        )  # fmt: skip
         s2 = s[:, None]
         G1 = (
             _split_sum_2d(slot_sums, k2 * SLOTS + t, ok_k, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
