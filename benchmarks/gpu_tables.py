@@ -21,6 +21,7 @@ import math
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -123,6 +124,28 @@ def correctness(report: dict) -> None:
     report["correctness"] = rows
 
 
+def device_ms(fn: Callable[[], object], calls: int = 30, head_start_ms: float = 5.0) -> float:
+    """Median device time of ``fn`` (ms) with the host's launch cost hidden.
+
+    Before each timed call the GPU is kept busy (``torch.cuda._sleep``, then an L2 flush), so the host has
+    queued all of ``fn``'s work before the start event runs: the events time only the GPU's work, gaps
+    between dependent kernels included. Host-bound ``fn`` (host time above ``head_start_ms``) would leak in.
+    """
+    cycles = int(head_start_ms * 2e6)  # SM clock ≤ 2 GHz: at least head_start_ms
+    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    times = []
+    for _ in range(calls):
+        torch.cuda._sleep(cycles)
+        flush.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
 def measure_layer(method: str, T: int, d: int, dtype: torch.dtype) -> dict:
     layer = build(method, d, d, dtype=dtype, device="cuda")
     x = torch.randn(T, d, device="cuda", dtype=dtype, requires_grad=True)
@@ -137,7 +160,10 @@ def measure_layer(method: str, T: int, d: int, dtype: torch.dtype) -> dict:
     torch.cuda.synchronize()
     extra = (torch.cuda.max_memory_allocated() - before) / 2**20
     ms = triton.testing.do_bench(run, warmup=50, rep=200, return_mode="median")
-    result = {"method": method, "T": T, "d": d, "ms": ms, "extra_mib": extra, "trainable": trainable(layer)}
+    result = {
+        "method": method, "T": T, "d": d, "ms": ms, "device_ms": device_ms(run), "extra_mib": extra,
+        "trainable": trainable(layer),
+    }  # fmt: skip
     del layer, x, grad, run
     torch.cuda.empty_cache()
     return result
@@ -168,7 +194,7 @@ def host_overhead(report: dict) -> None:
         x = torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         run = step_fn(layer, x, torch.randn(16, 4096, device="cuda", dtype=torch.bfloat16))
         us = per_call_us(run, calls=100)
-        rows.append({"method": method, "us_per_fwd_bwd": us})
+        rows.append({"method": method, "us_per_fwd_bwd": us, "device_us": device_ms(run) * 1e3})
         print("host", rows[-1], flush=True)
     report["host"] = rows
 
@@ -294,12 +320,17 @@ def markdown(report: dict) -> str:
     if "layers" in report:
         lines += [
             "\n## Layer: fwd+bwd, bf16, Linear(d, d)\n",
-            "| T | d | method | trainable | ms | × frozen | × LoRA r16 | extra peak MiB |",
-            "|---|---|---|---|---|---|---|---|",
+            "Wall: `do_bench` (median), the host's launch and Python cost included. Device: the GPU's time alone"
+            " (the host queues the call while the GPU is kept busy; `device_ms`), ratios to the same column.\n",
+            "| T | d | method | trainable | wall ms | × frozen | × LoRA r16 | device ms | × frozen | × LoRA r16"
+            " | extra peak MiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in report["layers"]:
             if "error" in r:
-                lines.append(f"| {r['T']} | {r['d']} | {r['method']} | – | error: {r['error'][:80]} | | | |")
+                lines.append(
+                    f"| {r['T']} | {r['d']} | {r['method']} | – | error: {r['error'][:80]} | | | | | | |"
+                )
                 continue
             ref = {
                 x["method"]: x
@@ -309,7 +340,9 @@ def markdown(report: dict) -> str:
             frozen, lora = ref.get("frozen"), ref.get("lora_r16")
             lines.append(
                 f"| {r['T']} | {r['d']} | {r['method']} | {r['trainable']:,} | {r['ms']:.3f} | "
-                f"{r['ms'] / frozen['ms']:.2f} | {r['ms'] / lora['ms']:.2f} | {r['extra_mib']:.0f} |"
+                f"{r['ms'] / frozen['ms']:.2f} | {r['ms'] / lora['ms']:.2f} | {r['device_ms']:.3f} | "
+                f"{r['device_ms'] / frozen['device_ms']:.2f} | {r['device_ms'] / lora['device_ms']:.2f} | "
+                f"{r['extra_mib']:.0f} |"
             )
     if "model" in report:
         lines += [
@@ -324,10 +357,13 @@ def markdown(report: dict) -> str:
     if "host" in report:
         lines += [
             "\n## Host time per fwd+bwd (T=16, d=4096: launch and Python cost)\n",
-            "| method | µs |",
-            "|---|---|",
+            "| method | wall µs | device µs |",
+            "|---|---|---|",
         ]
-        lines += [f"| {r['method']} | {r['us_per_fwd_bwd']:.0f} |" for r in report["host"]]
+        lines += [
+            f"| {r['method']} | {r['us_per_fwd_bwd']:.0f} | {r.get('device_us', float('nan')):.0f} |"
+            for r in report["host"]
+        ]
     if "compile" in report:
         lines += ["\n## torch.compile\n", f"```\n{json.dumps(report['compile'], indent=1)}\n```"]
     return "\n".join(lines) + "\n"
