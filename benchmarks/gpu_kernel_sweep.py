@@ -3,7 +3,8 @@
 python benchmarks/gpu_kernel_sweep.py   (bf16, d=4096, OER magnitude, S=32 per side; diag and block b=4;
 T = 8192 and 32768)
 
-Each row sets the fold's block shape and warps, and the token sums' block shapes (b = 1 and b > 1), then reads the per-kernel device time from the profiler (10 fwd+bwd).
+Each row overrides some launch knobs of the module (``VARIANTS``), then reads the per-kernel device time
+from the profiler (10 fwd+bwd). ``python benchmarks/gpu_kernel_sweep.py diag`` sweeps one core.
 """
 
 from __future__ import annotations
@@ -14,12 +15,21 @@ import torch
 
 from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 
-# (fold rows, fold cols, fold warps, token sums (coordinates, tokens): b = 1, b = 4)
-VARIANTS = [
-    (16, 256, 4, (128, 16), (128, 16)),  # the defaults
-    (8, 256, 4, (128, 16), (128, 8)),
-    (16, 256, 4, (256, 8), (64, 8)),
-    (32, 256, 8, (256, 8), (256, 4)),
+# knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
+VARIANTS: list[dict] = [
+    {},
+    {"FOLD_BLOCKS": {"linear": (16, 1024), "conv1d": (64, 64)}},
+    {"FOLD_BLOCKS": {"linear": (16, 256), "conv1d": (64, 64)}, "FOLD_WARPS": 4},
+    {"FOLD_BLOCKS": {"linear": (8, 512), "conv1d": (64, 64)}, "FOLD_WARPS": 4},
+    {"TOKEN_SUM_UNROLL": 1},
+    {"TOKEN_SUM_UNROLL": 4},
+    {"TOKEN_SUM_BLOCKS": (128, 8)},
+    {"TOKEN_SUM_BLOCKS": (128, 8), "TOKEN_SUM_UNROLL": 4},
+    {"TOKEN_SUM_BLOCKS": (128, 8), "TOKEN_SUM_WARPS": 2},
+    {"TOKEN_SUM_BLOCKS": (256, 8), "TOKEN_SUM_WARPS": 8, "TOKEN_SUM_UNROLL": 4},
+    {"TOKENS_PER_SPLIT": 128, "MAX_SPLITS": 128},
+    {"TOKENS_PER_SPLIT": 512},
+    {"_COORDINATE_BLOCK": 8},
 ]
 
 
@@ -61,22 +71,34 @@ def kernel_times(T: int, core: str, d: int = 4096, slots: int = 32) -> dict[str,
     return times
 
 
+def _new_compilations(seen: set[int]) -> str:
+    """Registers and spills of the kernel variants compiled since the last call."""
+    cells = []
+    for name in ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel", "_slot_grads_kernel"):
+        for cache in getattr(_sparse_core_triton, name).device_caches.values():
+            for compiled in cache[0].values():
+                if id(compiled) not in seen:
+                    seen.add(id(compiled))
+                    cells.append(f"{name.strip('_')} regs={compiled.n_regs} spills={compiled.n_spills}")
+    return "; ".join(cells)
+
+
 def main() -> int:
     kernels = _sparse_core_triton
-    for core in ("diag", "block"):
+    seen: set[int] = set()
+    defaults = {name: getattr(kernels, name) for variant in VARIANTS for name in variant}
+    cores = sys.argv[1].split(",") if len(sys.argv) > 1 else ["diag", "block"]
+    for core in cores:
         for T in (8192, 32768):
-            for rows, cols, warps, sums, block_sums in VARIANTS:
-                kernels.FOLD_BLOCKS["linear"] = (rows, cols)
-                kernels.FOLD_WARPS = warps
-                kernels.TOKEN_SUM_BLOCKS = sums
-                kernels.BLOCK_TOKEN_SUM_BLOCKS = block_sums
+            for variant in VARIANTS:
+                for name, value in defaults.items():
+                    setattr(kernels, name, variant.get(name, value))
                 times = kernel_times(T, core)
                 cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
-                print(
-                    f"{core:5s} T={T:6d} fold({rows}, {cols}, warps={warps}) "
-                    f"sums{sums if core == 'diag' else block_sums}: {cells}",
-                    flush=True,
-                )
+                print(f"{core:5s} T={T:6d} {variant or 'defaults'}: {cells}", flush=True)
+                compiled = _new_compilations(seen)
+                if compiled:
+                    print(f"    compiled: {compiled}", flush=True)
     return 0
 
 

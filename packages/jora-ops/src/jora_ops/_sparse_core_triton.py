@@ -56,14 +56,18 @@ _N_COLUMN_SUMS = 4  # per split: Σg·y, Σg, Σg², Σx² (each of width max(n,
 _ENTRY_BLOCK = 64
 # block shapes (rows, columns) of the fold per weight layout, and (coordinates, tokens) of the token sums,
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
-FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 256), "conv1d": (64, 64)}
-FOLD_WARPS = 4
+FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 512), "conv1d": (64, 64)}
+FOLD_WARPS = 8
 # rows per step of the in-kernel OER/ECD normaliser (4096 saved ≈ 1.6 µs of fold time but spills to the stack)
 FOLD_NORMALISER_BLOCK = 1024
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
+TOKEN_SUM_WARPS = 4
+TOKEN_SUM_STAGES = 3
+TOKEN_SUM_UNROLL = 2  # token tiles loaded per loop step (bytes in flight: the kernel is latency-bound)
+TOKENS_PER_SPLIT, MAX_SPLITS = 256, 64  # token splits of the token sums (programs per column block)
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
-_COORDINATE_BLOCK = 64
+_COORDINATE_BLOCK = 16
 _SLOT_BLOCK = 32
 
 
@@ -261,6 +265,24 @@ def _fold_kernel(
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
+    row_off = rows[:, None].to(tl.int64) * stride_row
+    # 1. the scaled copy s ⊙ W: a pure stream (no per-element index work, few registers); two tiles loaded
+    # before either is stored (the compiler may not move a load above a store to a pointer it cannot tell apart)
+    for start in range(0, n_in, 2 * BLOCK_COLS):
+        cols_a = start + tl.arange(0, BLOCK_COLS)
+        cols_b = cols_a + BLOCK_COLS
+        mask_a = row_ok[:, None] & (cols_a < n_in)[None, :]
+        mask_b = row_ok[:, None] & (cols_b < n_in)[None, :]
+        offsets_a = row_off + cols_a[None, :].to(tl.int64) * stride_col
+        offsets_b = row_off + cols_b[None, :].to(tl.int64) * stride_col
+        w_a = tl.load(w_ptr + offsets_a, mask=mask_a, other=0.0).to(tl.float32)
+        w_b = tl.load(w_ptr + offsets_b, mask=mask_b, other=0.0).to(tl.float32)
+        tl.store(folded_ptr + offsets_a, (w_a * s[:, None]).to(folded_ptr.dtype.element_ty), mask=mask_a)
+        tl.store(folded_ptr + offsets_b, (w_b * s[:, None]).to(folded_ptr.dtype.element_ty), mask=mask_b)
+    # 2. the ≤ 4b entries of ΔW per row: s ⊙ (W + the sum of the entries at that column) over the copy; the
+    # barrier orders these stores after the copy's (the same program owns the rows; entries that share a
+    # column write the same value)
+    tl.debug_barrier()
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
     _, cos_L, sin_L, _, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, _, partner_q, cos_Rq, sin_Rq = (
@@ -277,21 +299,32 @@ def _fold_kernel(
     e2 = cos_L[:, None] * value_k * sin_Rk
     e3 = -sin_L[:, None] * value_q * cos_Rq
     e4 = -sin_L[:, None] * value_q * sin_Rq
-    row_off = rows[:, None].to(tl.int64) * stride_row
-    for start in range(0, n_in, BLOCK_COLS):
-        cols = start + tl.arange(0, BLOCK_COLS)
-        mask = row_ok[:, None] & (cols < n_in)[None, :]
-        offsets = row_off + cols[None, :].to(tl.int64) * stride_col
-        w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        c = cols[None, :, None]
-        delta = tl.where(c == col_k[:, None, :], e1[:, None, :], 0.0) + tl.where(
-            c == partner_k[:, None, :], e2[:, None, :], 0.0
-        )
-        delta += tl.where(c == col_q[:, None, :], e3[:, None, :], 0.0) + tl.where(
-            c == partner_q[:, None, :], e4[:, None, :], 0.0
-        )
-        w += tl.sum(delta, 2)
-        tl.store(folded_ptr + offsets, (w * s[:, None]).to(folded_ptr.dtype.element_ty), mask=mask)
+    _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col_k, col_k, partner_k, col_q,
+                  partner_q, e1, e2, e3, e4)  # fmt: skip
+    _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, partner_k, col_k, partner_k, col_q,
+                  partner_q, e1, e2, e3, e4)  # fmt: skip
+    _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col_q, col_k, partner_k, col_q,
+                  partner_q, e1, e2, e3, e4)  # fmt: skip
+    _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, partner_q, col_k, partner_k, col_q,
+                  partner_q, e1, e2, e3, e4)  # fmt: skip
+
+
+@triton.jit
+def _entries_at(col, entry_col, entry):
+    """Per ``[rows, slots]`` column ``col``: the sum of the ``entry`` values whose ``entry_col`` equals it."""
+    return tl.sum(tl.where(col[:, :, None] == entry_col[:, None, :], entry[:, None, :], 0.0), 2)
+
+
+@triton.jit
+def _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col, col1, col2, col3, col4,
+                  e1, e2, e3, e4):  # fmt: skip
+    """Write ``s (W + ΔW)`` at the ``[rows, slots]`` columns ``col`` (``ΔW``'s entries ``e1..e4`` at ``col1..4``)."""
+    delta = _entries_at(col, col1, e1) + _entries_at(col, col2, e2)
+    delta += _entries_at(col, col3, e3) + _entries_at(col, col4, e4)
+    ok = row_ok[:, None] & (col >= 0) & (col < n_in)
+    offsets = row_off + col.to(tl.int64) * stride_col
+    w = tl.load(w_ptr + offsets, mask=ok, other=0.0).to(tl.float32)
+    tl.store(folded_ptr + offsets, ((w + delta) * s[:, None]).to(folded_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -300,7 +333,7 @@ def _token_sums_kernel(
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
     HAS_Y: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr, UNROLL: tl.constexpr,
 ):  # fmt: skip
     """Partial token sums of one split of tokens (fp32).
 
@@ -333,40 +366,45 @@ def _token_sums_kernel(
         acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
-        for offset in range(0, tokens_per_split, BLOCK_T):
-            t = first + offset + tl.arange(0, BLOCK_T)
-            t_ok = (t < n_tokens) & (t < first + tokens_per_split)
-            t64 = t[:, None].to(tl.int64)
-            g = tl.load(g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
-            g = g.to(tl.float32)
-            acc_g += g
-            if HAS_Y:
-                y = tl.load(
-                    y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
+        for offset in range(0, tokens_per_split, BLOCK_T * UNROLL):
+            for u in tl.static_range(UNROLL):  # UNROLL tiles in flight per step
+                t = first + offset + u * BLOCK_T + tl.arange(0, BLOCK_T)
+                t_ok = (t < n_tokens) & (t < first + tokens_per_split)
+                t64 = t[:, None].to(tl.int64)
+                g = tl.load(
+                    g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
                 )
-                acc_gy += g * y.to(tl.float32)
-            if STATS_OUT:
-                acc_gg += g * g
-            if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
-                x = tl.load(
-                    x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0
-                )
-                x = x.to(tl.float32)
-                if STATS_IN:
-                    acc_xx += x * x
-                if PARAMS and (SLOTS == 1 or OUTER):  # the diagonal: the diag core, the remainder diagonal
-                    acc_gx += g * x
-                if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
-                    g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
-                    x_blocks = tl.reshape(x, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
-                    acc_outer += g_blocks[:, :, :, None] * x_blocks[:, :, None, :]
-            if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
-                x_slot = tl.load(
-                    x_ptr + t64[:, :, None] * stride_x + slot_col[None, :, :],
-                    mask=t_ok[:, None, None] & slot_ok[None, :, :],
-                    other=0.0,
-                )
-                acc_slots += g[:, :, None] * x_slot.to(tl.float32)
+                g = g.to(tl.float32)
+                acc_g += g
+                if HAS_Y:
+                    y = tl.load(
+                        y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
+                    )
+                    acc_gy += g * y.to(tl.float32)
+                if STATS_OUT:
+                    acc_gg += g * g
+                if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+                    x = tl.load(
+                        x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0
+                    )
+                    x = x.to(tl.float32)
+                    if STATS_IN:
+                        acc_xx += x * x
+                    if PARAMS and (
+                        SLOTS == 1 or OUTER
+                    ):  # the diagonal: the diag core, the remainder diagonal
+                        acc_gx += g * x
+                    if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
+                        g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
+                        x_blocks = tl.reshape(x, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
+                        acc_outer += g_blocks[:, :, :, None] * x_blocks[:, :, None, :]
+                if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
+                    x_slot = tl.load(
+                        x_ptr + t64[:, :, None] * stride_x + slot_col[None, :, :],
+                        mask=t_ok[:, None, None] & slot_ok[None, :, :],
+                        other=0.0,
+                    )
+                    acc_slots += g[:, :, None] * x_slot.to(tl.float32)
         ok = k < width
         tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
         tl.store(base + width + k, tl.sum(acc_g, 0), mask=ok)
@@ -411,14 +449,15 @@ def _token_sums_kernel(
         row = tl.where(valid, row, 0)
         col = tl.where(valid, col, 0)
         acc = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
-        for offset in range(0, tokens_per_split, BLOCK_T):
-            t = first + offset + tl.arange(0, BLOCK_T)
-            t_ok = (t < n_tokens) & (t < first + tokens_per_split)
-            t64 = t[:, None].to(tl.int64)
-            mask = t_ok[:, None] & valid[None, :]
-            g = tl.load(g_ptr + t64 * stride_g + row[None, :], mask=mask, other=0.0).to(tl.float32)
-            x = tl.load(x_ptr + t64 * stride_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
-            acc += g * x
+        for offset in range(0, tokens_per_split, BLOCK_T * UNROLL):
+            for u in tl.static_range(UNROLL):
+                t = first + offset + u * BLOCK_T + tl.arange(0, BLOCK_T)
+                t_ok = (t < n_tokens) & (t < first + tokens_per_split)
+                t64 = t[:, None].to(tl.int64)
+                mask = t_ok[:, None] & valid[None, :]
+                g = tl.load(g_ptr + t64 * stride_g + row[None, :], mask=mask, other=0.0).to(tl.float32)
+                x = tl.load(x_ptr + t64 * stride_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
+                acc += g * x
         tl.store(base + (4 + SLOTS) * width + e, tl.sum(acc, 0), mask=position < n_R2 + 2 * n_L2)
 
 
@@ -724,7 +763,7 @@ def _token_sums(
         block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
     elif b > 1:
         block_c = max(16, block_c // slots)
-    splits = max(1, min(64, _cdiv(tokens, 256)))
+    splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
     tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
     splits = max(1, _cdiv(tokens, tokens_per_split))
     entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
@@ -736,6 +775,7 @@ def _token_sums(
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=b, SLOTS=slots,
         OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
+        UNROLL=TOKEN_SUM_UNROLL, num_warps=TOKEN_SUM_WARPS, num_stages=TOKEN_SUM_STAGES,
     )  # fmt: skip
     return partial, splits, split_stride
 
