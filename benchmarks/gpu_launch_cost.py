@@ -21,25 +21,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gpu_host import per_call_us
 
 KERNELS = ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel", "_slot_grads_kernel")
+LAUNCHERS = ("_launch_fold", "_launch_token_sums", "_launch_coordinate_grads", "_launch_slot_grads")
 
 
 class _Recorder:
-    """Stands in for a kernel: records the launch (grid, args, kwargs), then launches the real kernel."""
+    """Stands in for a launcher: records the launch (grid, args, kwargs), then launches."""
 
-    def __init__(self, kernel: Any, calls: list) -> None:
-        self.kernel, self.calls = kernel, calls
+    def __init__(self, launcher: Any, calls: list) -> None:
+        self.launcher, self.calls = launcher, calls
 
-    def __getitem__(self, grid: tuple[int, ...]) -> Any:
-        def launch(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append((grid, args, kwargs))
-            return self.kernel[grid](*args, **kwargs)
-
-        return launch
+    def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+        self.calls.append((grid, args, kwargs))
+        self.launcher(grid, *args, **kwargs)
 
 
-class _Stub:
-    def __getitem__(self, grid: tuple[int, ...]) -> Any:
-        return lambda *args, **kwargs: None
+def _stub(grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _key(args: tuple) -> tuple:
@@ -82,15 +79,16 @@ def main() -> int:
 
     rows = {"fused fwd+bwd": per_call_us(run)}
     real = {name: getattr(sct, name) for name in KERNELS}
+    launchers = {name: getattr(sct, name) for name in LAUNCHERS}
     calls: list = []
-    for name in KERNELS:
-        setattr(sct, name, _Stub())
+    for name in LAUNCHERS:
+        setattr(sct, name, _stub)
     rows["fused fwd+bwd, kernels stubbed"] = per_call_us(run)
-    for name in KERNELS:
-        setattr(sct, name, _Recorder(real[name], calls))
+    for name in LAUNCHERS:
+        setattr(sct, name, _Recorder(launchers[name], calls))
     run()
     torch.cuda.synchronize()
-    for name, value in real.items():
+    for name, value in launchers.items():
         setattr(sct, name, value)
     device = driver.active.get_current_device()
     rows["driver: current device + stream"] = per_call_us(

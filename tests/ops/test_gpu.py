@@ -60,3 +60,48 @@ def test_bf16_triton_matches_torch_on_cuda(tokens: int, n: int, m: int, slots: i
         results[impl] = [out.detach()] + [leaves[k].grad for k in base if leaves[k].numel()]
     for got, expected in zip(results["triton"], results["torch"], strict=True):
         assert rel_error(got, expected) < 1e-2
+
+
+@pytest.mark.gpu
+def test_direct_launches_equal_the_first_launch_through_triton() -> None:
+    """The first call of a specialisation launches through ``kernel[grid]``, later ones directly: same bits."""
+    from jora_ops import Magnitude, _sparse_core_triton
+    from jora_ops._triton_launch import direct_launch_supported
+
+    torch.manual_seed(0)
+    dev, n, m, tokens, slots = "cuda", 1536, 1024, 1000, 48  # shapes no other test uses: fresh cache keys
+    weight = (torch.randn(n, m, device=dev) / m**0.5).to(torch.bfloat16)
+    nu = weight.float().norm(dim=1)
+    pairs_L = torch.randperm(n, device=dev)[: 2 * slots].view(slots, 2)
+    pairs_R = torch.randperm(m, device=dev)[: 2 * slots].view(slots, 2)
+    base = {
+        "x": torch.randn(tokens, m, device=dev, dtype=torch.bfloat16),
+        "diag": torch.randn(m, device=dev) * 0.1,
+        "theta_L": torch.randn(slots, device=dev),
+        "theta_R": torch.randn(slots, device=dev),
+        "logits": torch.randn(n, device=dev) * 0.1,
+    }
+    grad = torch.randn(tokens, n, device=dev, dtype=torch.bfloat16)
+    launchers = [_sparse_core_triton._launch_fold, _sparse_core_triton._launch_token_sums,
+                 _sparse_core_triton._launch_coordinate_grads, _sparse_core_triton._launch_slot_grads]  # fmt: skip
+    before = [len(launcher._compiled) for launcher in launchers]
+    results = []
+    for _ in range(3):
+        leaves = {k: v.clone().requires_grad_() for k, v in base.items()}
+        out = jora_linear(
+            leaves["x"], weight, None, core=CoreSpec("diag", n, m), core_params=(leaves["diag"],),
+            pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R, theta_R=leaves["theta_R"],
+            magnitude=Magnitude("oer_softmax", leaves["logits"], nu, (nu**2).sum(), 1.0), impl="triton",
+        )  # fmt: skip
+        out.backward(grad)
+        results.append([out.detach()] + [leaves[k].grad for k in base])
+    assert direct_launch_supported()
+    assert [len(launcher._compiled) - b for launcher, b in zip(launchers, before, strict=True)] == [
+        1,
+        1,
+        1,
+        1,
+    ]
+    for later in results[1:]:
+        for first, again in zip(results[0], later, strict=True):
+            assert torch.equal(first, again)
