@@ -100,6 +100,10 @@ def main() -> int:
         rows[f"{name}: kernel[grid](...)"] = per_call_us(
             lambda k=kernel, g=grid, a=args, kw=kwargs: k[g](*a, **kw)
         )
+        launcher = launchers[LAUNCHERS[KERNELS.index(name)]]
+        rows[f"{name}: CachedLaunch"] = per_call_us(
+            lambda c=launcher, g=grid, a=args, kw=kwargs: c(g, *a, **kw)
+        )
         binder = kernel.device_caches[device][4]
         kw_full = dict(kwargs, debug=False, instrumentation_mode=knobs.compilation.instrumentation_mode)
         rows[f"{name}: binder"] = per_call_us(lambda b=binder, a=args, kw=kw_full: b(*a, **kw))
