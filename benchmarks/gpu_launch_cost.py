@@ -21,22 +21,25 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gpu_host import per_call_us
 
 KERNELS = ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel", "_slot_grads_kernel")
-LAUNCHERS = ("_launch_fold", "_launch_token_sums", "_launch_coordinate_grads", "_launch_slot_grads")
 
 
 class _Recorder:
-    """Stands in for a launcher: records the launch (grid, args, kwargs), then launches."""
+    """Stands in for a kernel: records the launch (grid, args, kwargs), then launches the real kernel."""
 
-    def __init__(self, launcher: Any, calls: list) -> None:
-        self.launcher, self.calls = launcher, calls
+    def __init__(self, kernel: Any, calls: list) -> None:
+        self.kernel, self.calls = kernel, calls
 
-    def __call__(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-        self.calls.append((grid, args, kwargs))
-        self.launcher(grid, *args, **kwargs)
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        def launch(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((grid, args, kwargs))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
 
 
-def _stub(grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    return None
+class _Stub:
+    def __getitem__(self, grid: tuple[int, ...]) -> Any:
+        return lambda *args, **kwargs: None
 
 
 def _key(args: tuple) -> tuple:
@@ -79,16 +82,15 @@ def main() -> int:
 
     rows = {"fused fwd+bwd": per_call_us(run)}
     real = {name: getattr(sct, name) for name in KERNELS}
-    launchers = {name: getattr(sct, name) for name in LAUNCHERS}
     calls: list = []
-    for name in LAUNCHERS:
-        setattr(sct, name, _stub)
+    for name in KERNELS:
+        setattr(sct, name, _Stub())
     rows["fused fwd+bwd, kernels stubbed"] = per_call_us(run)
-    for name in LAUNCHERS:
-        setattr(sct, name, _Recorder(launchers[name], calls))
+    for name in KERNELS:
+        setattr(sct, name, _Recorder(real[name], calls))
     run()
     torch.cuda.synchronize()
-    for name, value in launchers.items():
+    for name, value in real.items():
         setattr(sct, name, value)
     device = driver.active.get_current_device()
     rows["driver: current device + stream"] = per_call_us(
@@ -99,10 +101,6 @@ def main() -> int:
         kernel = real[name]
         rows[f"{name}: kernel[grid](...)"] = per_call_us(
             lambda k=kernel, g=grid, a=args, kw=kwargs: k[g](*a, **kw)
-        )
-        launcher = launchers[LAUNCHERS[KERNELS.index(name)]]
-        rows[f"{name}: CachedLaunch"] = per_call_us(
-            lambda c=launcher, g=grid, a=args, kw=kwargs: c(g, *a, **kw)
         )
         binder = kernel.device_caches[device][4]
         kw_full = dict(kwargs, debug=False, instrumentation_mode=knobs.compilation.instrumentation_mode)

@@ -35,7 +35,6 @@ import torch
 import triton
 import triton.language as tl
 
-from jora_ops._triton_launch import CachedLaunch
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
 if TYPE_CHECKING:
@@ -735,12 +734,6 @@ def _slot_grads_kernel(
         )
 
 
-_launch_fold = CachedLaunch(_fold_kernel)
-_launch_token_sums = CachedLaunch(_token_sums_kernel)
-_launch_coordinate_grads = CachedLaunch(_coordinate_grads_kernel)
-_launch_slot_grads = CachedLaunch(_slot_grads_kernel)
-
-
 def _token_sums(
     g: torch.Tensor,
     y: torch.Tensor | None,
@@ -778,8 +771,7 @@ def _token_sums(
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries
     partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
     col_blocks = _cdiv(width, block_c)
-    _launch_token_sums(
-        (col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits),
+    _token_sums_kernel[(col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=b, SLOTS=slots,
@@ -865,8 +857,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
         block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
         block_cols = max(16, block_cols // slots)
-        _launch_fold(
-            (_cdiv(n, block_rows),),
+        _fold_kernel[(_cdiv(n, block_rows),)](
             weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
             blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
             pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
@@ -929,8 +920,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = max(4, _COORDINATE_BLOCK // slots)
-        _launch_coordinate_grads(
-            (_cdiv(width, block),),
+        _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), blocks, tail, core_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
             pairs_R, theta_R, pairs_R.shape[0], n, m, n_diag, full,
@@ -941,8 +931,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         )  # fmt: skip
         logits_wanted = scale_grad and mode >= _OER
         if logits_wanted or needs[4] or needs[5]:
-            _launch_slot_grads(
-                (1,),
+            _slot_grads_kernel[(1,)](
                 scale, scale_grad_buf, scale_or_logits, config["norms"], config["energy"], config["temperature"],
                 logits_grad, n, config["eps"], config["alpha"], table_grads, width, pairs_L, theta_L,
                 pairs_L.shape[0], theta_L_grad, pairs_R, theta_R, pairs_R.shape[0], theta_R_grad,
