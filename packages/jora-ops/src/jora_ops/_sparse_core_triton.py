@@ -822,6 +822,11 @@ def _device_scalar(value: float, device: torch.device) -> torch.Tensor:
     return torch.full((), value, dtype=torch.float32, device=device)
 
 
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``tensor`` in ``dtype`` (no dispatch when it already is: host time counts on the hot path)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
 def _core_pointers(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(blocks, tail)`` pointers of a core (the diag vector serves as ``b = 1`` blocks and an empty tail)."""
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
@@ -891,7 +896,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         linear = config["layout"] == "linear"
         grad_x = None
         if needs[1]:
-            grad_x = (grad_out @ folded if linear else grad_out @ folded.T).to(x.dtype)
+            grad_x = _cast(grad_out @ folded if linear else grad_out @ folded.T, x.dtype)
         stats_in, stats_out = config["stats_in"], config["stats_out"]
         core_needs = needs[7:]
         params = needs[4] or needs[5] or any(core_needs)
@@ -914,7 +919,9 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         sizes = (4 * width, n_values, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
         workspace = torch.empty(sum(sizes), dtype=torch.float32, device=x.device)
         table_grads, core_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad, theta_R_grad = (
-            workspace.split(sizes)
+            torch.split_with_sizes(
+                workspace, sizes
+            )  # the op itself: Tensor.split's Python wrapper costs more
         )
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
@@ -942,19 +949,19 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             config["on_backward"]()
         grad_scale_slot = None
         if scale_grad:
-            grad_scale_slot = (logits_grad if mode >= _OER else scale_grad_buf).to(scale_or_logits.dtype)
+            grad_scale_slot = _cast(logits_grad if mode >= _OER else scale_grad_buf, scale_or_logits.dtype)
         # the flat core gradient: the blocks ([full, b] row-major), then the tail
         core_grads = (core_grad[: full * b], core_grad[full * b :])[: len(core_values)]
         return (
             None,
             grad_x,
             None,
-            bias_grad.to(bias.dtype) if needs[3] and bias is not None else None,
-            theta_R_grad.to(theta_R.dtype) if needs[4] else None,
-            theta_L_grad.to(theta_L.dtype) if needs[5] else None,
+            _cast(bias_grad, bias.dtype) if needs[3] and bias is not None else None,
+            _cast(theta_R_grad, theta_R.dtype) if needs[4] else None,
+            _cast(theta_L_grad, theta_L.dtype) if needs[5] else None,
             grad_scale_slot,
             *(
-                grad.view(value.shape).to(value.dtype) if wanted else None
+                _cast(grad.view(value.shape), value.dtype) if wanted else None
                 for grad, value, wanted in zip(core_grads, core_values, core_needs, strict=True)
             ),
         )
