@@ -9,9 +9,11 @@ more matmul (``∂L/∂x``) and token sums only. Here the O((n + m)·b) bookkeep
 instead of as dozens of small torch ops:
 
 - ``_fold_kernel`` (forward): each program takes a block of rows, computes their scale ``s`` (the OER/ECD
-  normaliser is a reduction over all rows, recomputed per program from L2 instead of costing a launch), looks
-  up the rotation partners directly in the slot tables (a compare against every slot: no scatter, no
-  dense tables, empty ``-1`` slots never match) and writes ``s ⊙ (W + ΔW)`` in one pass over ``W``.
+  normaliser is a reduction over all rows, recomputed per program from L2 instead of costing a launch),
+  streams ``s ⊙ W`` into the folded weight as a plain scaled copy (one read and one write of ``W``), then,
+  after a barrier, writes ``s ⊙ (W + ΔW)`` at each row's ``≤ 4b`` entries, whose rotation partners it looks
+  up directly in the slot tables (a compare against every slot: no scatter, no dense tables, empty ``-1``
+  slots never match).
 - ``_token_sums_kernel`` (backward): per split of tokens, column programs stream ``g``, ``y`` and ``x`` once
   (``Σg·y``, ``Σg``, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
