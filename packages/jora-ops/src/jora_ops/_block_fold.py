@@ -26,6 +26,7 @@ from jora_ops._fold_common import (
     fold_entries,
     folded_input_grad,
     folded_matmul,
+    gather_columns,
     output_side_grads,
     side_tables,
     theta_grad,
@@ -195,7 +196,7 @@ def _param_grads(
     gather_cols = torch.cat([cols_2.flatten(), cols_3.flatten(), cols_4.flatten()]).clamp(max=m - 1)
     valid = torch.cat([valid_2.flatten(), valid_34.flatten(), valid_34.flatten()])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    sums = token_sums(g.index_select(1, safe_rows) * s[safe_rows], xs.index_select(1, gather_cols))
+    sums = token_sums(gather_columns(g, safe_rows) * s[safe_rows], gather_columns(xs, gather_cols))
     flat = torch.cat([(rows_2 * b + slots_2).flatten(), (rows_34 * b + slots_34).flatten()])
     flat = torch.cat([flat, (rows_34 * b + slots_34).flatten()])
     group = torch.cat(

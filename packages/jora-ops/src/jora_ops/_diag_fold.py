@@ -27,6 +27,7 @@ from jora_ops._fold_common import (
     fold_entries,
     folded_input_grad,
     folded_matmul,
+    gather_columns,
     output_side_grads,
     side_tables,
     theta_grad,
@@ -138,7 +139,7 @@ def _param_grads(
     valid = torch.cat([rows_R < d, q_L < d, q_L < d])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
     touched = token_sums(
-        g_raw.index_select(1, safe_rows).to(dtype) * s[safe_rows], x_raw.index_select(1, cols).to(dtype)
+        gather_columns(g_raw, safe_rows).to(dtype) * s[safe_rows], gather_columns(x_raw, cols).to(dtype)
     )
     group = torch.cat([torch.full_like(rows_R, 0), torch.full_like(rows_L, 1), torch.full_like(rows_L, 2)])
     upstream = torch.zeros(3, n + 1, dtype=dtype, device=x_raw.device)
