@@ -71,6 +71,22 @@ def kernel_times(T: int, core: str, d: int = 4096, slots: int = 32) -> dict[str,
     return times
 
 
+def column_sums_us(T: int, d: int = 4096) -> float:
+    """Device time (µs) of the token-sum kernel's column programs alone (``column_sums_triton``: Σg·y, Σg,
+    Σg², Σx², Σg·x, no gathers) at the sweep's shape: the difference to the full kernel is the gathers'."""
+    dev = "cuda"
+    g, y, x = (torch.randn(T, d, device=dev, dtype=torch.bfloat16) for _ in range(3))
+    for _ in range(3):
+        _sparse_core_triton.column_sums_triton(g, y, x, d, True)
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            _sparse_core_triton.column_sums_triton(g, y, x, d, True)
+        torch.cuda.synchronize()
+    event = next(e for e in prof.key_averages() if e.key == "_token_sums_kernel")
+    return event.device_time_total / event.count
+
+
 def _new_compilations(seen: set[int]) -> str:
     """Registers and spills of the kernel variants compiled since the last call."""
     cells = []
@@ -96,6 +112,8 @@ def main() -> int:
                 times = kernel_times(T, core)
                 cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
                 print(f"{core:5s} T={T:6d} {variant or 'defaults'}: {cells}", flush=True)
+                if not variant and core == "diag":
+                    print(f"    column programs alone (no gathers): {column_sums_us(T):7.1f} µs", flush=True)
                 compiled = _new_compilations(seen)
                 if compiled:
                     print(f"    compiled: {compiled}", flush=True)
