@@ -30,6 +30,9 @@ VARIANTS: list[dict] = [
     {"TOKENS_PER_SPLIT": 128, "MAX_SPLITS": 128},
     {"TOKENS_PER_SPLIT": 512},
     {"_COORDINATE_BLOCK": 8},
+    {"FOLD_NORMALISER_BLOCK": 4096},
+    {"_ENTRY_BLOCK": 16},
+    {"_ENTRY_BLOCK": 128},
 ]
 
 
