@@ -61,12 +61,12 @@ _ENTRY_BLOCK = 64
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
 FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 512), "conv1d": (64, 64)}
 FOLD_WARPS = 8
-# rows per step of the in-kernel OER/ECD normaliser (4096 saved ≈ 1.6 µs of fold time but spills to the stack)
+# rows per step of the in-kernel OER/ECD normaliser (4096 spilled with the v7 fold's registers; not yet
+# measured with this fold)
 FOLD_NORMALISER_BLOCK = 1024
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
-TOKEN_SUM_STAGES = 3
 TOKEN_SUM_UNROLL = 2  # token tiles loaded per loop step (bytes in flight: the kernel is latency-bound)
 TOKENS_PER_SPLIT, MAX_SPLITS = 256, 64  # token splits of the token sums (programs per column block)
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
@@ -778,7 +778,7 @@ def _token_sums(
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=b, SLOTS=slots,
         OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
-        UNROLL=TOKEN_SUM_UNROLL, num_stages=TOKEN_SUM_STAGES,
+        UNROLL=TOKEN_SUM_UNROLL,
         num_warps=TOKEN_SUM_WARPS if b == 1 else BLOCK_TOKEN_SUM_WARPS,
     )  # fmt: skip
     return partial, splits, split_stride
