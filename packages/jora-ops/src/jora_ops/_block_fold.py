@@ -232,8 +232,8 @@ def _param_grads(
     return (
         grad_blocks,
         grad_tail,
-        theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param),
-        theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param),
+        theta_grad(pairs_L, theta_L, cos_L, sin_L, grad_cos_L, grad_sin_L, rotation_param),
+        theta_grad(pairs_R, theta_R, cos_R, sin_R, grad_cos_R, grad_sin_R, rotation_param),
     )
 
 

@@ -156,10 +156,14 @@ def _param_grads(
     grad_diag = (cos_L * own - (a_coef[q] * cos_R + b_coef[q] * sin_R))[:d].to(diag.dtype)
     grad_cos_L = c * own
     grad_sin_L = -c[q] * (G3 * cos_R[q] + G4 * sin_R[q])
-    grad_theta_L = theta_grad(pairs_L, theta_L, grad_cos_L, grad_sin_L, rotation_param)
+    grad_theta_L = theta_grad(
+        pairs_L, theta_L, cos_L_full, sin_L_full, grad_cos_L, grad_sin_L, rotation_param
+    )
     grad_cos_R = torch.nn.functional.pad(c * (G1 * cos_L - a_coef[q]), (0, size - n))
     grad_sin_R = torch.nn.functional.pad(c * (G2 * cos_L - b_coef[q]), (0, size - n))
-    grad_theta_R = theta_grad(pairs_R, theta_R, grad_cos_R, grad_sin_R, rotation_param)
+    grad_theta_R = theta_grad(
+        pairs_R, theta_R, cos_R_full, sin_R_full, grad_cos_R, grad_sin_R, rotation_param
+    )
     return grad_diag, grad_theta_L, grad_theta_R
 
 

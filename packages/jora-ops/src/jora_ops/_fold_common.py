@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from jora_ops.rotation import rotation_cos_sin
-
 __all__ = [
     "FoldState",
     "column_sums_torch",
@@ -123,20 +121,24 @@ def column_sums_torch(
 def theta_grad(
     pairs: torch.Tensor,
     theta: torch.Tensor,
+    cos_full: torch.Tensor,
+    sin_full: torch.Tensor,
     grad_cos_full: torch.Tensor,
     grad_sin_full: torch.Tensor,
     rotation_param: str,
 ) -> torch.Tensor:
-    """Chain rule from the tables to θ: ``cos_full[i] = cos_full[j] = cos φ``, ``sin_full[i] = −sin_full[j]``."""
+    """Chain rule from the tables to θ: ``cos_full[i] = cos_full[j] = cos φ``, ``sin_full[i] = −sin_full[j]``.
+
+    ``cos φ`` and ``sin φ`` are read back from the side's tables (the forward's values) at each pair's ``i``.
+    """
     if pairs.shape[0] == 0:
         return torch.zeros_like(theta)
     i, j = pairs[:, 0].long(), pairs[:, 1].long()
     grad_cos = grad_cos_full[i] + grad_cos_full[j]
     grad_sin = grad_sin_full[i] - grad_sin_full[j]
-    cos, sin = rotation_cos_sin(theta, rotation_param)
-    grad_phi = cos * grad_sin - sin * grad_cos
+    grad_phi = cos_full[i] * grad_sin - sin_full[i] * grad_cos
     if rotation_param == "cayley":
-        t = theta.to(cos.dtype)
+        t = theta.to(grad_phi.dtype)
         grad_phi = grad_phi / (1.0 + 0.25 * t * t)  # dφ/dθ for φ = 2·atan(θ/2)
     return grad_phi.to(theta.dtype)
 
