@@ -815,12 +815,16 @@ def column_sums_triton(
 def _as_device_scalar(value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
-    return _device_scalar(float(value), like.device)
+    stream = torch.cuda.current_stream(like.device).cuda_stream if like.is_cuda else 0
+    return _device_scalar(float(value), like.device, stream)
 
 
 @functools.lru_cache(maxsize=16)
-def _device_scalar(value: float, device: torch.device) -> torch.Tensor:
-    """A read-only fp32 device scalar, kept across calls (a constant temperature costs no fill per call)."""
+def _device_scalar(value: float, device: torch.device, stream: int) -> torch.Tensor:
+    """A read-only fp32 device scalar, kept across calls (a constant temperature costs no fill per call).
+
+    Keyed by the stream too: its fill is ordered before every kernel that reads it on that stream.
+    """
     return torch.full((), value, dtype=torch.float32, device=device)
 
 
