@@ -10,6 +10,7 @@ from the profiler (10 fwd+bwd). ``python benchmarks/gpu_kernel_sweep.py diag`` s
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 
@@ -60,6 +61,11 @@ def kernel_times(T: int, core: str, d: int = 4096, slots: int = 32) -> dict[str,
         )  # fmt: skip
         out.backward(grad)
 
+    return _triton_kernel_us(run)
+
+
+def _triton_kernel_us(run: Callable[[], object]) -> dict[str, float]:
+    """Device time (µs) per launch of each ``_…_kernel`` over 10 calls of ``run`` (after 3 warm-up calls)."""
     for _ in range(3):
         run()
     torch.cuda.synchronize()
@@ -67,11 +73,11 @@ def kernel_times(T: int, core: str, d: int = 4096, slots: int = 32) -> dict[str,
         for _ in range(10):
             run()
         torch.cuda.synchronize()
-    times = {}
-    for event in prof.key_averages():
-        if event.key.startswith("_") and event.key.endswith("_kernel"):
-            times[event.key] = event.device_time_total / event.count
-    return times
+    return {
+        event.key: event.device_time_total / event.count
+        for event in prof.key_averages()
+        if event.key.startswith("_") and event.key.endswith("_kernel")
+    }
 
 
 def column_sums_us(T: int, d: int = 4096) -> float:
@@ -79,15 +85,9 @@ def column_sums_us(T: int, d: int = 4096) -> float:
     Σg², Σx², Σg·x, no gathers) at the sweep's shape: the difference to the full kernel is the gathers'."""
     dev = "cuda"
     g, y, x = (torch.randn(T, d, device=dev, dtype=torch.bfloat16) for _ in range(3))
-    for _ in range(3):
-        _sparse_core_triton.column_sums_triton(g, y, x, d, True)
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            _sparse_core_triton.column_sums_triton(g, y, x, d, True)
-        torch.cuda.synchronize()
-    event = next(e for e in prof.key_averages() if e.key == "_token_sums_kernel")
-    return event.device_time_total / event.count
+    return _triton_kernel_us(lambda: _sparse_core_triton.column_sums_triton(g, y, x, d, True))[
+        "_token_sums_kernel"
+    ]
 
 
 def _new_compilations(seen: set[int]) -> str:

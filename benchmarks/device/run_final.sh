@@ -1,7 +1,6 @@
 # Device-tool run: GPU tests of the Triton paths, then every table (correctness, layers with wall and device
 # time, model, host, torch.compile).  bash benchmarks/device/run_final.sh   (repository root, $OUT set)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/aenum*.whl
-export PYTHONPATH=/tmp/site:packages/jora-ops/src:packages/jora-core/src:packages/jora-peft/src:tests:benchmarks PYTHONUNBUFFERED=1
+source benchmarks/device/setup.sh
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > $OUT/gpu_state.txt
 lscpu | grep -E "Model name|MHz" > $OUT/cpu.txt
 JORA_COMPILE=0 timeout 70 python -m pytest -q -x -p no:cacheprovider tests/ops/test_gpu.py tests/ops/test_sparse_core_triton.py -k "gpu or many or scale" > $OUT/pytest.log 2>&1; echo "pytest rc=$?"; tail -2 $OUT/pytest.log

@@ -1,7 +1,6 @@
 # Device-tool run: Nsight Compute on the four sparse-core kernels at T=8192, d=4096 (bf16, diag+OER), then the
 # quick layer table (wall and device time) and the host table.  bash benchmarks/device/run_ncu_and_quick.sh
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/aenum*.whl
-export PYTHONPATH=/tmp/site:packages/jora-ops/src:packages/jora-core/src:packages/jora-peft/src:tests:benchmarks PYTHONUNBUFFERED=1
+source benchmarks/device/setup.sh
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
 timeout 240 $NCU --clock-control none --kernel-name regex:"^_(fold|token_sums|coordinate_grads|slot_grads)_kernel" \
   --launch-skip 8 --launch-count 4 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \

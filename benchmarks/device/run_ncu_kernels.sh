@@ -1,8 +1,7 @@
 # Device-tool run (next step for the token sums and the fold): Nsight Compute, full section set with source
 # lines, on the sparse-core kernels at T=8192, d=4096 (bf16, diag+OER); then the sweep (with the column
 # programs timed alone).  bash benchmarks/device/run_ncu_kernels.sh   (repository root, $OUT set)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/aenum*.whl
-export PYTHONPATH=/tmp/site:packages/jora-ops/src:packages/jora-core/src:packages/jora-peft/src:tests:benchmarks PYTHONUNBUFFERED=1
+source benchmarks/device/setup.sh
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu | head -1)
 timeout 300 $NCU --clock-control none --kernel-name regex:"^_(fold|token_sums)_kernel" --launch-skip 4 \
   --launch-count 2 --set full --import-source yes -o $OUT/ncu_full python benchmarks/gpu_ncu_target.py jora_diag_oer \

@@ -1,7 +1,6 @@
 # Device-tool run: the layer and model tables of PERFORMANCE.md, host time per call and the torch.compile check.
 # bash benchmarks/device/run_tables.sh   (repository root, $OUT set)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:packages/jora-ops/src:packages/jora-core/src:packages/jora-peft/src:tests:benchmarks PYTHONUNBUFFERED=1
+source benchmarks/device/setup.sh
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv > $OUT/gpu_state.txt
 lscpu | grep -E "Model name|MHz" > $OUT/cpu.txt
 timeout 570 python benchmarks/gpu_tables.py --out $OUT --sections layers,model,host,compile > $OUT/tables.log 2>&1; echo "tables rc=$?"
