@@ -393,9 +393,8 @@ def _token_sums_kernel(
                     x = x.to(tl.float32)
                     if STATS_IN:
                         acc_xx += x * x
-                    if PARAMS and (
-                        SLOTS == 1 or OUTER
-                    ):  # the diagonal: the diag core, the remainder diagonal
+                    # the diagonal: the diag core, the remainder diagonal
+                    if PARAMS and (SLOTS == 1 or OUTER):
                         acc_gx += g * x
                     if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
                         g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
