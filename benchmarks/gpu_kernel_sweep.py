@@ -112,6 +112,7 @@ def main() -> int:
             for variant in VARIANTS:
                 for name, value in defaults.items():
                     setattr(kernels, name, variant.get(name, value))
+                kernels._token_sum_geometry.cache_clear()  # the launch geometry is cached per shape
                 times = kernel_times(T, core)
                 cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
                 print(f"{core:5s} T={T:6d} {variant or 'defaults'}: {cells}", flush=True)

@@ -115,7 +115,7 @@ def test_selection_rounds_fill_exactly_S_disjoint_pairs_then_freeze() -> None:
         assert (pairs >= 0).all() and (pairs < dim).all()
         assert pairs.flatten().unique().numel() == 2 * slots
         assert adapter.is_frozen(side)
-    assert adapter.current_step == 6 and int(adapter.step) == 6
+    assert adapter.current_step == 6 and int(adapter.state_dict()["step"]) == 6  # written when saved
     # frozen sides collect nothing more
     ema_before = adapter.ema_L.clone(), adapter.ema_R.clone()
     layer(torch.randn(8, 16)).sum().backward()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +45,22 @@ def _mix_seed(*parts: int) -> int:
     return value & 0x7FFFFFFFFFFFFFFF
 
 
+@dataclass(slots=True)
+class _HostState:
+    """Host mirrors of the counters that decide shapes and the schedule (never read back from the device).
+
+    A plain object, not module attributes: ``nn.Module.__setattr__`` costs microseconds per assignment, and the
+    step and the queued backward pass change on every backward call.
+    """
+
+    seed: int
+    step: int = 0
+    total_steps: int | None = None
+    active: dict[str, int] = field(default_factory=lambda: {"L": 0, "R": 0})
+    calls: dict[str, int] = field(default_factory=lambda: {"L": 0, "R": 0})
+    queued_task: int = -1  # id of the backward pass (graph task) whose end-of-backward callback is queued
+
+
 class JoraAdapter(nn.Module):
     """The per-adapter, per-layer JORA module.
 
@@ -57,7 +74,8 @@ class JoraAdapter(nn.Module):
 
     Trainable: ``theta_L`` ``[S_L]``, ``theta_R`` ``[S_R]``, the core's parameters and ``mag_logits`` ``[n]``
     (absent with ``magnitude="none"``). Persistent buffers: ``pairs_L``/``pairs_R`` (``-1`` = empty),
-    ``step``, ``total_steps`` (``-1`` = unknown), ``temperature``, ``ema_L``/``ema_R``, ``row_norms``,
+    ``step`` (written from the host count when the state dict is taken; :attr:`current_step` is live),
+    ``total_steps`` (``-1`` = unknown), ``temperature``, ``ema_L``/``ema_R``, ``row_norms``,
     ``total_energy``, ``seed`` and the core's offset.
     """
 
@@ -124,21 +142,15 @@ class JoraAdapter(nn.Module):
         self.register_buffer("acc_L", torch.zeros(self.out_features, device=device), persistent=False)
         self.register_buffer("acc_R", torch.zeros(self.in_features, device=device), persistent=False)
 
-        self._seed = int(seed) & 0x7FFFFFFFFFFFFFFF
-        self._step = 0
-        self._total_steps: int | None = None
-        self._active = {"L": 0, "R": 0}
-        self._calls = {"L": 0, "R": 0}
-        self._queued_task = (
-            -1
-        )  # id of the backward pass (graph task) whose end-of-backward callback is queued
+        self._host = _HostState(seed=int(seed) & 0x7FFFFFFFFFFFFFFF)
         self.register_load_state_dict_post_hook(JoraAdapter._refresh_mirrors)
+        self.register_state_dict_pre_hook(JoraAdapter._write_step)
 
         if settings.selection == "none" or not settings.init_weights:
             self.init_random_pairs()
         if not settings.init_weights:
             with torch.no_grad():
-                generator = torch.Generator().manual_seed(_mix_seed(self._seed, 7))
+                generator = torch.Generator().manual_seed(_mix_seed(self._host.seed, 7))
                 for theta in (self.theta_L, self.theta_R):
                     rand = torch.rand(theta.shape, generator=generator) * 2 - 1
                     theta.copy_(RANDOM_THETA_RANGE * rand)
@@ -190,32 +202,38 @@ class JoraAdapter(nn.Module):
 
     def active_count(self, side: str) -> int:
         """Number of active slots of side ``"L"`` or ``"R"`` (host value, no device sync)."""
-        return self._active[side]
+        return self._host.active[side]
 
     def is_frozen(self, side: str) -> bool:
         """A side is frozen when all its slots are active (a side with no slots is always frozen)."""
-        return self._active[side] >= self._slots(side)
+        return self._host.active[side] >= self._slots(side)
 
     @property
     def current_step(self) -> int:
         """Number of backward calls seen (host value)."""
-        return self._step
+        return self._host.step
 
     @staticmethod
     def _refresh_mirrors(module: nn.Module, incompatible_keys: Any) -> None:
         assert isinstance(module, JoraAdapter)
         for side in SIDES:
-            module._active[side] = int((module._pairs(side)[:, 0] >= 0).sum())
-        module._step = int(module.step)
+            module._host.active[side] = int((module._pairs(side)[:, 0] >= 0).sum())
+        module._host.step = int(module.step)
         total = int(module.total_steps)
-        module._total_steps = total if total >= 0 else None
-        module._seed = int(module.seed)
+        module._host.total_steps = total if total >= 0 else None
+        module._host.seed = int(module.seed)
+
+    @staticmethod
+    def _write_step(module: nn.Module, prefix: str, keep_vars: bool) -> None:
+        """Before the state is saved: the ``step`` buffer takes the host count (not written per backward)."""
+        assert isinstance(module, JoraAdapter)
+        module.step.fill_(module._host.step)
 
     def set_total_steps(self, total_steps: int | None) -> None:
         """Set the number of training steps (for ``warmup_ratio`` and temperature annealing)."""
         if total_steps is not None and (isinstance(total_steps, bool) or total_steps < 0):
             raise ValueError(f"total_steps must be a non-negative int or None, got {total_steps!r}")
-        self._total_steps = total_steps
+        self._host.total_steps = total_steps
         self.total_steps.fill_(-1 if total_steps is None else total_steps)
 
     # ------------------------------------------------------------------ math
@@ -255,7 +273,7 @@ class JoraAdapter(nn.Module):
         and no slice-backward node in the steady state of training)."""
         args = {}
         for side in SIDES:
-            pairs, theta, active = self._pairs(side), self._theta(side), self._active[side]
+            pairs, theta, active = self._pairs(side), self._theta(side), self._host.active[side]
             full = active == pairs.shape[0]
             args[f"pairs_{side}"] = pairs if full else pairs[:active]
             args[f"theta_{side}"] = theta if full else theta[:active]
@@ -292,7 +310,7 @@ class JoraAdapter(nn.Module):
         collect = (
             tracking
             and self.settings.selection == "topk_ema"
-            and self._step % self.settings.ema_update_interval == 0
+            and self._host.step % self.settings.ema_update_interval == 0
         )
         collect_L = collect and not self.is_frozen("L")
         collect_R = collect and not self.is_frozen("R")
@@ -343,33 +361,36 @@ class JoraAdapter(nn.Module):
 
     # ------------------------------------------------------------------ schedule
     def _on_backward(self, collected_L: bool, collected_R: bool) -> None:
-        self._calls["L"] += collected_L
-        self._calls["R"] += collected_R
+        self._host.calls["L"] += collected_L
+        self._host.calls["R"] += collected_R
         # Once per backward pass: keyed by the engine's graph task, so a pass that failed half-way (and never
         # ran its callback) cannot block the next one.
         task = torch._C._current_graph_task_id()
-        if task != self._queued_task:
-            self._queued_task = task
+        if task != self._host.queued_task:
+            self._host.queued_task = task
             torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
 
     def _finish_backward(self) -> None:
-        """Runs once at the end of each backward call that went through this adapter."""
-        self._queued_task = -1
-        beta = self.settings.ema_beta
-        with torch.no_grad():
-            for side in SIDES:
-                calls = self._calls[side]
-                if calls:
-                    acc = self._acc(side)
-                    self._ema(side).mul_(beta).add_(acc, alpha=(1.0 - beta) / calls)
-                    acc.zero_()
-                    self._calls[side] = 0
-            self._step += 1
-            self.step.fill_(self._step)
-            if self.settings.ecd_temp_annealing:
-                self.update_temperature(self._step, self._total_steps)
-            if self.settings.selection != "none" and self._step % self.settings.update_interval == 0:
-                self.update_step()
+        """Runs once at the end of each backward call that went through this adapter.
+
+        Host counters only, plus the EMA update when statistics were collected (buffers never require grad:
+        no autograd context is needed); the ``step`` buffer is written when the state is saved.
+        """
+        host = self._host
+        host.queued_task = -1
+        for side in SIDES:
+            calls = host.calls[side]
+            if calls:
+                acc = self._acc(side)
+                beta = self.settings.ema_beta
+                self._ema(side).mul_(beta).add_(acc, alpha=(1.0 - beta) / calls)
+                acc.zero_()
+                host.calls[side] = 0
+        host.step += 1
+        if self.settings.ecd_temp_annealing:
+            self.update_temperature(host.step, host.total_steps)
+        if self.settings.selection != "none" and host.step % self.settings.update_interval == 0:
+            self.update_step()
 
     def update_temperature(self, step: int, total_steps: int | None) -> None:
         """Set the magnitude temperature for ``step`` (linear annealing when enabled, else the fixed value)."""
@@ -382,7 +403,7 @@ class JoraAdapter(nn.Module):
 
     def _generator(self, side: str, purpose: int) -> torch.Generator:
         side_index = SIDES.index(side)
-        return torch.Generator().manual_seed(_mix_seed(self._seed, purpose, self._step, side_index))
+        return torch.Generator().manual_seed(_mix_seed(self._host.seed, purpose, self._host.step, side_index))
 
     def _synchronised_ema(self, side: str) -> torch.Tensor:
         ema = self._ema(side)
@@ -392,12 +413,12 @@ class JoraAdapter(nn.Module):
         return ema
 
     def _fill_slots(self, side: str, new_pairs: torch.Tensor) -> None:
-        start = self._active[side]
+        start = self._host.active[side]
         count = new_pairs.shape[0]
         with torch.no_grad():
             self._pairs(side)[start : start + count] = new_pairs
             self._theta(side)[start : start + count] = 0.0
-        self._active[side] = start + count
+        self._host.active[side] = start + count
 
     @torch.no_grad()
     def update_step(self, total_steps: int | None = None) -> None:
@@ -412,11 +433,11 @@ class JoraAdapter(nn.Module):
         if s.selection == "none":
             return
         for side in SIDES:
-            slots, active = self._slots(side), self._active[side]
+            slots, active = self._slots(side), self._host.active[side]
             if active >= slots:
                 continue
             allowed = compute_allowed_pairs(
-                slots, self._step, s.warmup_steps, s.warmup_ratio, self._total_steps
+                slots, self._host.step, s.warmup_steps, s.warmup_ratio, self._host.total_steps
             )
             want = min(s.k, allowed - active)
             if want <= 0:
@@ -450,18 +471,18 @@ class JoraAdapter(nn.Module):
             target = slots if wanted is None else wanted
             if isinstance(target, bool) or not isinstance(target, int) or not 0 <= target <= slots:
                 raise ValueError(f"n_pairs_{side} must be an int in [0, {slots}] or None, got {wanted!r}")
-            want = target - self._active[side]
+            want = target - self._host.active[side]
             if want <= 0:
                 continue
             dim = self.out_features if side == "L" else self.in_features
-            exclude = self._pairs(side)[: self._active[side]].flatten()
+            exclude = self._pairs(side)[: self._host.active[side]].flatten()
             new_pairs = select_random_pairs(dim, want, generator=self._generator(side, 3), exclude=exclude)
             self._fill_slots(side, new_pairs.to(self.pairs_L.device))
 
     def state_summary(self) -> dict[str, Any]:
         """What users inspect: active ``pairs_L``/``pairs_R`` ``[a, 2]``, their ``theta_L``/``theta_R``, the
         ``scale`` s, ``frozen_L``/``frozen_R`` and ``step``."""
-        a_L, a_R = self._active["L"], self._active["R"]
+        a_L, a_R = self._host.active["L"], self._host.active["R"]
         return {
             "pairs_L": self.pairs_L[:a_L].detach().clone(),
             "pairs_R": self.pairs_R[:a_R].detach().clone(),
@@ -470,7 +491,7 @@ class JoraAdapter(nn.Module):
             "scale": self.scale().detach(),
             "frozen_L": self.is_frozen("L"),
             "frozen_R": self.is_frozen("R"),
-            "step": self._step,
+            "step": self._host.step,
         }
 
     def extra_repr(self) -> str:

@@ -74,6 +74,7 @@ _COORDINATE_BLOCK = 16
 _SLOT_BLOCK = 32
 
 
+@functools.lru_cache(maxsize=64)
 def _next_power_of_2(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
@@ -735,6 +736,33 @@ def _slot_grads_kernel(
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int) -> tuple[int, ...]:
+    """``(splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps)`` of a launch of
+    :func:`_token_sums_kernel` (pure host arithmetic, cached: it runs on every backward)."""
+    b, slots = block_size, _next_power_of_2(block_size)
+    outer = 1 < b == slots
+    block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
+    if outer:  # the outer-product accumulator holds block_t × block_c × b values
+        block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
+    elif b > 1:
+        block_c = max(16, block_c // slots)
+    splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
+    tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
+    splits = max(1, _cdiv(tokens, tokens_per_split))
+    warps = TOKEN_SUM_WARPS if b == 1 else BLOCK_TOKEN_SUM_WARPS
+    return (
+        splits,
+        tokens_per_split,
+        block_c,
+        block_t,
+        _cdiv(width, block_c),
+        _cdiv(entries, _ENTRY_BLOCK),
+        outer,
+        warps,
+    )
+
+
 def _token_sums(
     g: torch.Tensor,
     y: torch.Tensor | None,
@@ -758,27 +786,19 @@ def _token_sums(
     tokens, n = g.shape
     m = x.shape[1]
     width = max(n, m)
-    b, slots = block_size, _next_power_of_2(block_size)
-    outer = 1 < b == slots
-    block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
-    if outer:  # the outer-product accumulator holds block_t × block_c × b values
-        block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
-    elif b > 1:
-        block_c = max(16, block_c // slots)
-    splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
-    tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
-    splits = max(1, _cdiv(tokens, tokens_per_split))
+    slots = _next_power_of_2(block_size)
     entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
+    splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps = _token_sum_geometry(
+        tokens, width, block_size, entries
+    )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries
     partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
-    col_blocks = _cdiv(width, block_c)
-    _token_sums_kernel[(col_blocks + _cdiv(entries, _ENTRY_BLOCK), splits)](
+    _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
-        HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=b, SLOTS=slots,
-        OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
-        UNROLL=TOKEN_SUM_UNROLL,
-        num_warps=TOKEN_SUM_WARPS if b == 1 else BLOCK_TOKEN_SUM_WARPS,
+        HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
+        SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
+        UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
     )  # fmt: skip
     return partial, splits, split_stride
 
@@ -830,6 +850,11 @@ def _device_scalar(value: float, device: torch.device, stream: int) -> torch.Ten
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``tensor`` in ``dtype`` (no dispatch when it already is: host time counts on the hot path)."""
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
+
+
+def _as_2d(tensor: torch.Tensor, features: int) -> torch.Tensor:
+    """``tensor`` as ``[tokens, features]`` (no dispatch when it already is)."""
+    return tensor if tensor.dim() == 2 else tensor.reshape(-1, features)
 
 
 def _core_pointers(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -912,29 +937,26 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
                 config["on_backward"]()
             return None, grad_x, None, None, None, None, None, *no_core_grads
 
-        g = grad_out.reshape(-1, n).contiguous()
+        g = _as_2d(grad_out, n)
         tokens = g.shape[0]
         width = max(n, m)
         partial, splits, split_stride = _token_sums(
-            g, out.reshape(-1, n) if out is not None else None, x.reshape(-1, m), pairs_L, pairs_R, theta_R,
-            n_diag, full, b, params, stats_out is not None, stats_in is not None,
+            g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
+            full, b, params, stats_out is not None, stats_in is not None,
         )  # fmt: skip
-        # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad)
-        n_values = full * b + (n_diag - full)
-        sizes = (4 * width, n_values, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
+        # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad); the flat
+        # core gradient is the blocks ([full, b] row-major), then the tail (empty for the diag core)
+        sizes = (4 * width, full * b, n_diag - full, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
         workspace = torch.empty(sum(sizes), dtype=torch.float32, device=x.device)
-        table_grads, core_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad, theta_R_grad = (
-            torch.split_with_sizes(
-                workspace, sizes
-            )  # the op itself: Tensor.split's Python wrapper costs more
-        )
+        (table_grads, blocks_grad, tail_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad,
+         theta_R_grad) = torch.split_with_sizes(workspace, sizes)  # the op: Tensor.split's wrapper costs more  # fmt: skip
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = max(4, _COORDINATE_BLOCK // slots)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
-            1.0 / max(tokens, 1), blocks, tail, core_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
+            1.0 / max(tokens, 1), blocks, tail, blocks_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
             pairs_R, theta_R, pairs_R.shape[0], n, m, n_diag, full,
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
@@ -955,8 +977,6 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         grad_scale_slot = None
         if scale_grad:
             grad_scale_slot = _cast(logits_grad if mode >= _OER else scale_grad_buf, scale_or_logits.dtype)
-        # the flat core gradient: the blocks ([full, b] row-major), then the tail
-        core_grads = (core_grad[: full * b], core_grad[full * b :])[: len(core_values)]
         return (
             None,
             grad_x,
@@ -966,8 +986,12 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             _cast(theta_L_grad, theta_L.dtype) if needs[5] else None,
             grad_scale_slot,
             *(
-                _cast(grad.view(value.shape), value.dtype) if wanted else None
-                for grad, value, wanted in zip(core_grads, core_values, core_needs, strict=True)
+                _cast(grad if grad.dim() == value.dim() else grad.view(value.shape), value.dtype)
+                if wanted
+                else None
+                for grad, value, wanted in zip(
+                    (blocks_grad, tail_grad), core_values, core_needs, strict=False
+                )
             ),
         )
 
