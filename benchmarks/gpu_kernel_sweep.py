@@ -93,7 +93,7 @@ def column_sums_us(T: int, d: int = 4096) -> float:
 def _new_compilations(seen: set[int]) -> str:
     """Registers and spills of the kernel variants compiled since the last call."""
     cells = []
-    for name in ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel", "_slot_grads_kernel"):
+    for name in ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel"):
         for cache in getattr(_sparse_core_triton, name).device_caches.values():
             for compiled in cache[0].values():
                 if id(compiled) not in seen:

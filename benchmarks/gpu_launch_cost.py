@@ -3,7 +3,7 @@
 python benchmarks/gpu_launch_cost.py
 
 At T=16, d=512 the kernels' device time is a few µs, so wall time per call is host time. Measured, per call:
-the fused function's fwd+bwd; the same with the four kernels stubbed out (its Python and torch ops); and, for
+the fused function's fwd+bwd; the same with the three kernels stubbed out (its Python and torch ops); and, for
 each kernel with the arguments of a real call, the pieces of Triton's launch path: the whole ``kernel[grid]``,
 the binder, the cache key, the current stream, and the compiled kernel's ``run`` alone.
 """
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from gpu_host import per_call_us
 
-KERNELS = ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel", "_slot_grads_kernel")
+KERNELS = ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel")
 
 
 class _Recorder:

@@ -1,5 +1,5 @@
 """Triton kernels of the diag- and block-core fused linear: one kernel and one matmul forward, one matmul and
-three kernels backward.
+two kernels backward.
 
 The math is that of :mod:`jora_ops._block_fold` (read its docstring first); the diag core is the block core
 with ``b = 1``. Row ``k`` of the core has ``b`` slots ``t`` (its block row; the remainder diagonal and the
@@ -19,9 +19,11 @@ instead of as dozens of small torch ops:
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
   on an angle.
 - ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
-  (bias, scale and core gradients, the per-coordinate table gradients; statistics added to their buffers).
-- ``_slot_grads_kernel`` (one program): the magnitude logits' VJP (a reduction over rows) and the angle
-  gradients of every slot (gathers of the table gradients at the slot's two coordinates; empty slots get 0).
+  (bias, scale and core gradients, the per-coordinate table gradients; statistics added to their buffers);
+  then the last of its programs to finish (a ticket: an atomic counter that the token sums zeroed) runs
+  ``_slot_grads``: the magnitude logits' VJP (a reduction over rows) and the angle gradients of every slot
+  (gathers of the table gradients at the slot's two coordinates; empty slots get 0). One launch fewer
+  than a separate one-program kernel: each Triton launch costs tens of µs of host time.
 
 Block sizes up to :data:`TRITON_MAX_BLOCK_SIZE` run here (slot dimensions are padded to a power of two).
 No host-device synchronisation: counts are shapes, everything else stays on the device.
@@ -71,6 +73,7 @@ TOKEN_SUM_UNROLL = 2  # token tiles loaded per loop step (bytes in flight: the k
 TOKENS_PER_SPLIT, MAX_SPLITS = 256, 64  # token splits of the token sums (programs per column block)
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 _COORDINATE_BLOCK = 16
+SLOT_GRADS_BLOCK_N = 1024  # rows per step of the logits' gradient in the last per-coordinate program
 _SLOT_BLOCK = 32
 
 
@@ -355,6 +358,11 @@ def _token_sums_kernel(
     block = tl.program_id(0)
     first = split * tokens_per_split
     base = partial_ptr + split * split_stride
+    if (block == 0) & (split == 0):  # the ticket counter of the per-coordinate kernel, after the splits
+        counter = (partial_ptr + tl.num_programs(1) * split_stride).to(
+            tl.pointer_type(tl.int32), bitcast=True
+        )
+        tl.store(counter, 0)
     if block < n_col_blocks:
         k = block * BLOCK_C + tl.arange(0, BLOCK_C)
         out_ok = k < n_out
@@ -493,16 +501,19 @@ def _coordinate_grads_kernel(
     partial_ptr, n_splits, split_stride, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
     stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr, table_grad_ptr,
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full,
+    logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
     PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
-    BLOCK_SPLITS: tl.constexpr,
+    BLOCK_SPLITS: tl.constexpr, MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr,
+    THETA_R_GRAD: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Per coordinate: bias and scale gradients, statistics, core gradients and the table gradients.
+    """Per coordinate: bias and scale gradients, statistics, core gradients and the table gradients; then
+    the last program to finish runs :func:`_slot_grads` (the logits' and the angles' gradients).
 
     Coordinate ``k`` acts as a row (its slots' core gradients, ``∂/∂cos_L``, ``∂/∂sin_L``) and as a column
     ``j = k`` (``∂/∂cos_R``, ``∂/∂sin_R``: a sum over the rows of ``j``'s block, whose slot ``j − start(j)``
-    sits at column ``j``).
+    sits at column ``j``). The ticket counter sits after the splits in ``partial`` (zeroed by the token sums).
     """
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
@@ -625,6 +636,18 @@ def _coordinate_grads_kernel(
             grad_sin_R = tl.sum(value_r * (cos_Lr * G2_r - b_r), 1)
         tl.store(table_grad_ptr + 2 * width + k, grad_cos_R, mask=ok)
         tl.store(table_grad_ptr + 3 * width + k, grad_sin_R, mask=ok)
+    if LOGITS_GRAD or THETA_L_GRAD or THETA_R_GRAD:
+        # one launch fewer: the last program takes the work over all rows and slots. Every program's stores
+        # are ordered before its ticket (a barrier, then a release), the last program's loads after (acquire).
+        tl.debug_barrier()
+        counter = (partial_ptr + n_splits * split_stride).to(tl.pointer_type(tl.int32), bitcast=True)
+        if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(0) - 1:
+            _slot_grads(
+                scale_ptr, scale_grad_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, n_out, eps,
+                alpha, table_grad_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, theta_L_grad_ptr, pairs_R_ptr,
+                theta_R_ptr, n_R, theta_R_grad_ptr, MODE, LOGITS_GRAD, THETA_L_GRAD, THETA_R_GRAD, CAYLEY, BLOCK_N,
+                BLOCK_S,
+            )  # fmt: skip
 
 
 @triton.jit
@@ -645,12 +668,10 @@ def _theta_grads(
         i = tl.load(pairs_ptr + 2 * slots, mask=ok, other=-1)
         j = tl.load(pairs_ptr + 2 * slots + 1, mask=ok, other=-1)
         active = ok & (i >= 0)
-        grad_cos = tl.load(grad_cos_ptr + i, mask=active, other=0.0) + tl.load(
-            grad_cos_ptr + j, mask=active, other=0.0
-        )
-        grad_sin = tl.load(grad_sin_ptr + i, mask=active, other=0.0) - tl.load(
-            grad_sin_ptr + j, mask=active, other=0.0
-        )
+        grad_cos = tl.load(grad_cos_ptr + i, mask=active, other=0.0, cache_modifier=".cg")
+        grad_cos += tl.load(grad_cos_ptr + j, mask=active, other=0.0, cache_modifier=".cg")
+        grad_sin = tl.load(grad_sin_ptr + i, mask=active, other=0.0, cache_modifier=".cg")
+        grad_sin -= tl.load(grad_sin_ptr + j, mask=active, other=0.0, cache_modifier=".cg")
         theta = tl.load(theta_ptr + slots, mask=ok, other=0.0).to(tl.float32)
         cos, sin = _cos_sin(theta, CAYLEY)
         grad = cos * grad_sin - sin * grad_cos
@@ -660,14 +681,18 @@ def _theta_grads(
 
 
 @triton.jit
-def _slot_grads_kernel(
+def _slot_grads(
     scale_ptr, scale_grad_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, n_out, eps, alpha,
     table_grad_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, theta_L_grad_ptr,
     pairs_R_ptr, theta_R_ptr, n_R, theta_R_grad_ptr,
     MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr, THETA_R_GRAD: tl.constexpr,
     CAYLEY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """One program: the magnitude logits' gradient (closed form, see ``scale_vjp``) and the angles'."""
+    """The magnitude logits' gradient (closed form, see ``scale_vjp``) and the angles', in one program.
+
+    Reads what every program of :func:`_coordinate_grads_kernel` wrote (the scale gradient, the table
+    gradients) through L2 (``.cg``), after the ticket that made this program the last one.
+    """
     if LOGITS_GRAD:
         temperature = tl.load(temp_ptr).to(tl.float32)
         excluded = tl.zeros((BLOCK_N,), tl.float32)
@@ -679,7 +704,9 @@ def _slot_grads_kernel(
             nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
             included = ok & (nu > eps)
             excluded += tl.where(ok & (nu <= eps), nu * nu, 0.0)
-            grad = tl.where(included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0), 0.0)
+            grad = tl.where(
+                included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0, cache_modifier=".cg"), 0.0
+            )
             if MODE == 2:
                 dot += grad * tl.load(scale_ptr + idx, mask=ok, other=0.0)
             else:
@@ -700,7 +727,9 @@ def _slot_grads_kernel(
             ok = idx < n_out
             nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
             included = ok & (nu > eps)
-            grad = tl.where(included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0), 0.0)
+            grad = tl.where(
+                included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0, cache_modifier=".cg"), 0.0
+            )
             if MODE == 2:
                 s = tl.load(scale_ptr + idx, mask=ok, other=0.0)
                 p = s * s * nu * nu / energy
@@ -792,7 +821,7 @@ def _token_sums(
         tokens, width, block_size, entries
     )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries
-    partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
+    partial = torch.empty(splits * split_stride + 1, dtype=torch.float32, device=g.device)  # + a counter
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
@@ -855,6 +884,14 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _as_2d(tensor: torch.Tensor, features: int) -> torch.Tensor:
     """``tensor`` as ``[tokens, features]`` (no dispatch when it already is)."""
     return tensor if tensor.dim() == 2 else tensor.reshape(-1, features)
+
+
+def _core_grads(flat: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The flat core gradient (the blocks, row-major, then the tail) as tensors shaped like ``values``."""
+    if len(values) == 1:  # the diag core: already its shape
+        return (flat,)
+    blocks, _ = values
+    return flat[: blocks.numel()].view(blocks.shape), flat[blocks.numel() :]
 
 
 def _core_pointers(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -945,33 +982,29 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             full, b, params, stats_out is not None, stats_in is not None,
         )  # fmt: skip
         # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad); the flat
-        # core gradient is the blocks ([full, b] row-major), then the tail (empty for the diag core)
-        sizes = (4 * width, full * b, n_diag - full, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
+        # core gradient is the blocks ([full, b] row-major), then the tail (never empty: n_diag ≥ 1, so its
+        # pointer is never null)
+        sizes = (4 * width, full * b + n_diag - full, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
         workspace = torch.empty(sum(sizes), dtype=torch.float32, device=x.device)
-        (table_grads, blocks_grad, tail_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad,
-         theta_R_grad) = torch.split_with_sizes(workspace, sizes)  # the op: Tensor.split's wrapper costs more  # fmt: skip
+        table_grads, core_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad, theta_R_grad = (
+            torch.split_with_sizes(workspace, sizes)  # the op itself: Tensor.split's wrapper costs more
+        )
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = max(4, _COORDINATE_BLOCK // slots)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
-            1.0 / max(tokens, 1), blocks, tail, blocks_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
-            pairs_R, theta_R, pairs_R.shape[0], n, m, n_diag, full,
+            1.0 / max(tokens, 1), blocks, tail, core_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
+            pairs_R, theta_R, pairs_R.shape[0], n, m, n_diag, full, scale_or_logits, config["norms"],
+            config["energy"], config["temperature"], logits_grad, config["eps"], config["alpha"],
+            theta_L_grad, theta_R_grad,
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
-            BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK,
-            BLOCK_SPLITS=_next_power_of_2(splits),
+            BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
+            MODE=mode, LOGITS_GRAD=scale_grad and mode >= _OER, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
+            BLOCK_N=SLOT_GRADS_BLOCK_N,
         )  # fmt: skip
-        logits_wanted = scale_grad and mode >= _OER
-        if logits_wanted or needs[4] or needs[5]:
-            _slot_grads_kernel[(1,)](
-                scale, scale_grad_buf, scale_or_logits, config["norms"], config["energy"], config["temperature"],
-                logits_grad, n, config["eps"], config["alpha"], table_grads, width, pairs_L, theta_L,
-                pairs_L.shape[0], theta_L_grad, pairs_R, theta_R, pairs_R.shape[0], theta_R_grad,
-                MODE=mode, LOGITS_GRAD=logits_wanted, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
-                CAYLEY=cayley, BLOCK_N=1024, BLOCK_S=_SLOT_BLOCK, num_warps=8,
-            )  # fmt: skip
         if config["on_backward"] is not None:
             config["on_backward"]()
         grad_scale_slot = None
@@ -986,11 +1019,9 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             _cast(theta_L_grad, theta_L.dtype) if needs[5] else None,
             grad_scale_slot,
             *(
-                _cast(grad if grad.dim() == value.dim() else grad.view(value.shape), value.dtype)
-                if wanted
-                else None
+                _cast(grad, value.dtype) if wanted else None
                 for grad, value, wanted in zip(
-                    (blocks_grad, tail_grad), core_values, core_needs, strict=False
+                    _core_grads(core_grad, core_values), core_values, core_needs, strict=True
                 )
             ),
         )

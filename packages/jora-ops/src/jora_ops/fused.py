@@ -11,7 +11,7 @@ angles, the core parameters, the magnitude logits (or a given scale ``s``), the 
   or LoRA-shaped skinny matmuls (lowrank).
 - On CUDA (``impl="auto"`` or ``"triton"``) the diag and block cores (``block_size`` ≤ 16) with a base weight
   in fp32/bf16/fp16 run entirely in Triton kernels (``jora_ops._sparse_core_triton``): fold and scale in one
-  kernel, then cuBLAS; in backward cuBLAS for ``∂L/∂x`` and three kernels for every other gradient and the
+  kernel, then cuBLAS; in backward cuBLAS for ``∂L/∂x`` and two kernels for every other gradient and the
   statistics. Larger blocks and the lowrank core fold with torch ops and sum tokens with a Triton kernel.
 - Chained through ``base_output`` (several active adapters), ``ΔW x`` is computed with plain torch ops and
   recomputed in backward.
