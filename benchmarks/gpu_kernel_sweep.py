@@ -19,21 +19,16 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"FOLD_BLOCKS": {"linear": (16, 1024), "conv1d": (64, 64)}},
-    {"FOLD_BLOCKS": {"linear": (16, 256), "conv1d": (64, 64)}, "FOLD_WARPS": 4},
-    {"FOLD_BLOCKS": {"linear": (8, 512), "conv1d": (64, 64)}, "FOLD_WARPS": 4},
-    {"TOKEN_SUM_UNROLL": 1},
+    {"ENTRY_TOKEN_BLOCK": 32, "_ENTRY_BLOCK": 32},
+    {"ENTRY_TOKEN_BLOCK": 64, "_ENTRY_BLOCK": 16},
+    {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 64},
+    {"TOKEN_SUM_BLOCKS": (64, 16)},
+    {"TOKEN_SUM_BLOCKS": (256, 8), "TOKEN_SUM_WARPS": 4},
+    {"TOKEN_SUM_BLOCKS": (128, 16), "TOKEN_SUM_WARPS": 4},
     {"TOKEN_SUM_UNROLL": 4},
-    {"TOKEN_SUM_BLOCKS": (128, 8)},
-    {"TOKEN_SUM_BLOCKS": (128, 8), "TOKEN_SUM_UNROLL": 4},
-    {"TOKEN_SUM_BLOCKS": (128, 8), "TOKEN_SUM_WARPS": 2},
-    {"TOKEN_SUM_BLOCKS": (256, 8), "TOKEN_SUM_WARPS": 8, "TOKEN_SUM_UNROLL": 4},
     {"TOKENS_PER_SPLIT": 128, "MAX_SPLITS": 128},
-    {"TOKENS_PER_SPLIT": 512},
-    {"_COORDINATE_BLOCK": 8},
     {"FOLD_NORMALISER_BLOCK": 4096},
-    {"_ENTRY_BLOCK": 16},
-    {"_ENTRY_BLOCK": 128},
+    {"FOLD_BLOCKS": {"linear": (32, 512), "conv1d": (64, 64)}},
 ]
 
 

@@ -59,6 +59,7 @@ _NO_SCALE, _GIVEN_SCALE, _OER, _ECD = 0, 1, 2, 3
 _MAGNITUDE_MODES = {"oer_softmax": _OER, "ecd_tanh": _ECD}
 _N_COLUMN_SUMS = 4  # per split: Σg·y, Σg, Σg², Σx² (each of width max(n, m)), the slot sums, the entry sums
 _ENTRY_BLOCK = 64
+ENTRY_TOKEN_BLOCK = 8  # tokens per tile of the gather programs (entries per tile: _ENTRY_BLOCK)
 # block shapes (rows, columns) of the fold per weight layout, and (coordinates, tokens) of the token sums,
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
 FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 512), "conv1d": (64, 64)}
@@ -340,7 +341,8 @@ def _token_sums_kernel(
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
     HAS_Y: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_S: tl.constexpr, UNROLL: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TE: tl.constexpr, BLOCK_S: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
     """Partial token sums of one split of tokens (fp32).
 
@@ -459,10 +461,10 @@ def _token_sums_kernel(
         valid = valid & (row >= 0) & (row < n_out) & (col >= 0) & (col < n_in)
         row = tl.where(valid, row, 0)
         col = tl.where(valid, col, 0)
-        acc = tl.zeros((BLOCK_T, BLOCK_E), tl.float32)
-        for offset in range(0, tokens_per_split, BLOCK_T * UNROLL):
+        acc = tl.zeros((BLOCK_TE, BLOCK_E), tl.float32)
+        for offset in range(0, tokens_per_split, BLOCK_TE * UNROLL):
             for u in tl.static_range(UNROLL):
-                t = first + offset + u * BLOCK_T + tl.arange(0, BLOCK_T)
+                t = first + offset + u * BLOCK_TE + tl.arange(0, BLOCK_TE)
                 t_ok = (t < n_tokens) & (t < first + tokens_per_split)
                 t64 = t[:, None].to(tl.int64)
                 mask = t_ok[:, None] & valid[None, :]
@@ -826,8 +828,8 @@ def _token_sums(
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
-        SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK, BLOCK_S=_SLOT_BLOCK,
-        UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
+        SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
+        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
     )  # fmt: skip
     return partial, splits, split_stride
 
