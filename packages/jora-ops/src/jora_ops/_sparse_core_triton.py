@@ -64,14 +64,17 @@ ENTRY_TOKEN_BLOCK = 8  # tokens per tile of the gather programs (entries per til
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
 FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 512), "conv1d": (64, 64)}
 FOLD_WARPS = 8
-# rows per step of the in-kernel OER/ECD normaliser (4096 spilled with the v7 fold's registers; not yet
-# measured with this fold)
-FOLD_NORMALISER_BLOCK = 1024
+# rows per step of the in-kernel OER/ECD normaliser (H200, d=4096: 4096 rows in one step, 99 registers,
+# 25.8 -> 23.5 µs; it spilled with the v7 fold's registers)
+FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
 TOKEN_SUM_UNROLL = 2  # token tiles loaded per loop step (bytes in flight: the kernel is latency-bound)
-TOKENS_PER_SPLIT, MAX_SPLITS = 256, 64  # token splits of the token sums (programs per column block)
+# token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
+# (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
+# would save more there but spill in the per-coordinate kernel
+TOKENS_PER_SPLIT, MAX_SPLITS = 128, 64
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 _COORDINATE_BLOCK = 16
 SLOT_GRADS_BLOCK_N = 1024  # rows per step of the logits' gradient in the last per-coordinate program
@@ -852,7 +855,7 @@ def column_sums_triton(
         x is not None and n_diag > 0, stats, stats and x is not None,
     )  # fmt: skip
     width = max(n_out, n_in)
-    total = partial.view(splits, split_stride).sum(0)
+    total = partial[: splits * split_stride].view(splits, split_stride).sum(0)  # (the ticket counter follows)
     return {
         "g_y": total[:n_out],
         "g": total[width : width + n_out],
