@@ -1,6 +1,6 @@
 """Where one adapted layer's host time goes (device tool): sync check, CPU+CUDA timeline, optional A/B.
 
-python benchmarks/gpu_host_profile.py --out "$OUT" [--baseline path/to/other_diag_kernels.py]
+python benchmarks/gpu_host_profile.py --out "$OUT" [--baseline path/to/other_diag_kernels.py] [--methods a,b]
 
 1. ``torch.cuda.set_sync_debug_mode("error")`` around a fwd+bwd of the PEFT-wrapped layer (diag+OER and
    block+OER): any host-device synchronisation raises.
@@ -106,6 +106,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--baseline", type=Path, default=None)
+    parser.add_argument("--methods", default="frozen,lora_r16,jora_diag_oer", help="comma-separated")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for method, verdict in _sync_check(args.out).items():
@@ -113,7 +114,7 @@ def main() -> int:
     if args.baseline is not None:
         for line in _ab(args.baseline):
             print(line, flush=True)
-    for method in ("frozen", "lora_r16", "jora_diag_oer"):
+    for method in args.methods.split(","):
         table = _timeline(args.out, method)
         (args.out / f"host_profile_{method}.txt").write_text(table)
         print(f"--- {method}\n{table}", flush=True)
