@@ -79,7 +79,7 @@ def ecd_scale(
     inc = nu > eps
     s = torch.ones_like(nu)
     g = 1 + alpha * torch.tanh(w[inc] / temperature)
-    s[inc] = g * math.sqrt(float((nu[inc] ** 2).sum()) / float(((nu[inc] * g) ** 2).sum()))
+    s[inc] = g * torch.sqrt((nu[inc] ** 2).sum() / ((nu[inc] * g) ** 2).sum())  # differentiable in w
     return s
 
 
