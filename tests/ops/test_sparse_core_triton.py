@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(
 )
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ("none", "scale", "oer_softmax", "ecd_tanh")
+ECD_ALPHA = 0.4
 _CORE_PARAMS = {"diag": ("diag",), "block": ("blocks", "tail")}
 
 
@@ -67,7 +68,7 @@ def _run(impl: str, dtype: torch.dtype, inputs: dict, setup: dict) -> tuple[torc
     elif setup["mode"] != "none":
         nu = setup["row_norms"].to(DEVICE, leaves["logits"].dtype)
         magnitude = Magnitude(
-            setup["mode"], leaves["logits"], nu, (nu**2).sum(), setup["temperature"], 1e-8, 0.4
+            setup["mode"], leaves["logits"], nu, (nu**2).sum(), setup["temperature"], 1e-8, ECD_ALPHA
         )
     stats_in = torch.zeros(m, device=DEVICE)
     stats_out = torch.zeros(n, device=DEVICE)
@@ -93,7 +94,7 @@ def _dense_reference(inputs: dict, setup: dict) -> torch.Tensor:
     elif setup["mode"] == "oer_softmax":
         s = oer_scale(setup["row_norms"], inputs["logits"], setup["temperature"], 1e-8)
     elif setup["mode"] == "ecd_tanh":
-        s = ecd_scale(setup["row_norms"], inputs["logits"], 0.4, setup["temperature"], 1e-8)
+        s = ecd_scale(setup["row_norms"], inputs["logits"], ECD_ALPHA, setup["temperature"], 1e-8)
     else:
         s = None
     dense = adapted_weight(
@@ -164,26 +165,35 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
     return inputs, setup
 
 
-def _reference_scale(setup: dict, logits: torch.Tensor) -> torch.Tensor:
-    nu, temperature = setup["row_norms"], setup["temperature"]
-    if setup["mode"] == "oer_softmax":
-        return oer_scale(nu, logits, temperature, 1e-8)
-    return ecd_scale(nu, logits, 0.4, temperature, 1e-8)
-
-
 def _logits_grad_magnitude(inputs: dict, setup: dict, ref_out: torch.Tensor) -> float:
-    """``‖ |J|ᵀ Σ_t |g ⊙ h| ‖`` in float64: the size of the logits' gradient before any cancellation.
+    """The size of the logits' gradient before any cancellation, in float64: the norm of its closed form
+    (``scale_vjp``) with every difference turned into a sum of absolute values and ``∂L/∂s = Σ_t g ⊙ h`` into
+    ``Σ_t |g ⊙ h|`` (``h`` the pre-scale output).
 
-    ``∂L/∂w = Jᵀ Σ_t g ⊙ h`` (``J = ∂s/∂w``, ``h`` the pre-scale output); an fp32 evaluation of it is accurate
-    to about ``ε`` times this magnitude, which exceeds ``‖∂L/∂w‖`` when the sum cancels (OER's
-    ``(a − p Σa)/2T``, small ``n``): the scale-aware bound for that gradient.
+    An fp32 evaluation is accurate to about ``ε`` times this. It exceeds ``‖∂L/∂w‖`` where the gradient
+    cancels: OER's ``(a − p Σa)/2T`` and ECD's ``u − ν² g Σ(u g)/Σ(ν g)²`` at small ``n`` (exactly 0 at
+    ``n = 1``); where nothing cancels it is the gradient's own size.
     """
+    nu, temperature = setup["row_norms"], setup["temperature"]
+    included = nu > 1e-8
     logits = inputs["logits"].double()
-    s = _reference_scale(setup, logits)
-    jacobian = torch.autograd.functional.jacobian(lambda w: _reference_scale(setup, w), logits)
+    s = oer_scale(nu, logits, temperature, 1e-8) if setup["mode"] == "oer_softmax" else None
+    if s is None:
+        s = ecd_scale(nu, logits, ECD_ALPHA, temperature, 1e-8)
     pre_scale = (ref_out.double().cpu() - inputs.get("bias", torch.zeros(setup["n"])).double()) / s
-    terms = (setup["grad"].double() * pre_scale).abs().sum(0)
-    return float(torch.linalg.vector_norm(jacobian.abs().T @ terms))
+    u = torch.where(included, (setup["grad"].double() * pre_scale).abs().sum(0), 0.0)
+    energy = (nu[included] ** 2).sum()
+    if setup["mode"] == "oer_softmax":
+        a = u * s
+        p = torch.where(included, s * s * nu * nu / energy, 0.0)
+        terms = (a + p * a.sum()) / (2 * temperature)
+    else:
+        t = torch.tanh(logits / temperature)
+        gain = torch.where(included, 1 + ECD_ALPHA * t, 0.0)
+        norm_sq = ((nu * gain) ** 2).sum()
+        d_gain = ECD_ALPHA * (1 - t * t) / temperature
+        terms = d_gain * torch.sqrt(energy / norm_sq) * (u + nu * nu * gain * (u * gain).sum() / norm_sq)
+    return float(torch.linalg.vector_norm(torch.where(included, terms, 0.0)))
 
 
 @given(
