@@ -342,8 +342,8 @@ def _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col, 
 def _token_sums_kernel(
     g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
-    HAS_Y: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
+    HAS_Y: tl.constexpr, G_SUM: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
+    STATS_IN: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TE: tl.constexpr, BLOCK_S: tl.constexpr,
     UNROLL: tl.constexpr,
 ):  # fmt: skip
@@ -392,7 +392,8 @@ def _token_sums_kernel(
                     g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
                 )
                 g = g.to(tl.float32)
-                acc_g += g
+                if G_SUM:  # only for a bias: one accumulator fewer (registers bound this kernel's occupancy)
+                    acc_g += g
                 if HAS_Y:
                     y = tl.load(
                         y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
@@ -423,7 +424,8 @@ def _token_sums_kernel(
                     acc_slots += g[:, :, None] * x_slot.to(tl.float32)
         ok = k < width
         tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
-        tl.store(base + width + k, tl.sum(acc_g, 0), mask=ok)
+        if G_SUM:
+            tl.store(base + width + k, tl.sum(acc_g, 0), mask=ok)
         tl.store(base + 2 * width + k, tl.sum(acc_gg, 0), mask=ok)
         tl.store(base + 3 * width + k, tl.sum(acc_xx, 0), mask=ok)
         if SLOTS == 1:
@@ -523,7 +525,10 @@ def _coordinate_grads_kernel(
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
     in_ok = k < n_in
-    g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
+    if BIAS_GRAD or (SCALE_GRAD and HAS_BIAS):  # the token sums wrote Σg only then
+        g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
+    else:
+        g_sum = k.to(tl.float32) * 0.0
     if BIAS_GRAD:
         tl.store(bias_grad_ptr + k, g_sum, mask=out_ok)
     if HAS_SCALE:
@@ -810,8 +815,10 @@ def _token_sums(
     params: bool,
     stats_out: bool,
     stats_in: bool,
+    g_sum: bool,
 ) -> tuple[torch.Tensor, int, int]:
-    """Launch :func:`_token_sums_kernel` over 2-D ``g`` [T, n], ``y`` [T, n] (or ``None``), ``x`` [T, m].
+    """Launch :func:`_token_sums_kernel` over 2-D ``g`` [T, n], ``y`` [T, n] (or ``None``), ``x`` [T, m]
+    (``g_sum``: also ``Σg``, for a bias).
 
     Returns ``(partial, splits, split_stride)``: per split of tokens, the rows described in the kernel.
     """
@@ -830,7 +837,7 @@ def _token_sums(
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
-        HAS_Y=y is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
+        HAS_Y=y is not None, G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
         BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
     )  # fmt: skip
@@ -852,7 +859,7 @@ def column_sums_triton(
     no_angles = torch.empty(0, dtype=torch.float32, device=grad.device)
     partial, splits, split_stride = _token_sums(
         grad, out, x if x is not None else grad, no_pairs, no_pairs, no_angles, n_diag, n_diag, 1,
-        x is not None and n_diag > 0, stats, stats and x is not None,
+        x is not None and n_diag > 0, stats, stats and x is not None, True,
     )  # fmt: skip
     width = max(n_out, n_in)
     total = partial[: splits * split_stride].view(splits, split_stride).sum(0)  # (the ticket counter follows)
@@ -984,7 +991,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         width = max(n, m)
         partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
-            full, b, params, stats_out is not None, stats_in is not None,
+            full, b, params, stats_out is not None, stats_in is not None, needs[3] or (scale_grad and bias is not None),
         )  # fmt: skip
         # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad); the flat
         # core gradient is the blocks ([full, b] row-major), then the tail (never empty: n_diag ≥ 1, so its
