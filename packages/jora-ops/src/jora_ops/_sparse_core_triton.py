@@ -70,7 +70,7 @@ FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
-TOKEN_SUM_UNROLL = 2  # token tiles loaded per loop step (bytes in flight: the kernel is latency-bound)
+TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
@@ -339,6 +339,34 @@ def _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col, 
 
 
 @triton.jit
+def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                 G_SUM: tl.constexpr, HAS_Y: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
+                 PARAMS: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
+                 BLOCK_C: tl.constexpr):  # fmt: skip
+    """One token tile of the column programs into their accumulators (the tile's loads already issued)."""
+    g = g.to(tl.float32)
+    if G_SUM:  # only for a bias: one accumulator fewer
+        acc_g += g
+    if HAS_Y:
+        acc_gy += g * y.to(tl.float32)
+    if STATS_OUT:
+        acc_gg += g * g
+    if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+        x = x.to(tl.float32)
+        if STATS_IN:
+            acc_xx += x * x
+        if PARAMS and (SLOTS == 1 or OUTER):  # the diagonal: the diag core, the remainder diagonal
+            acc_gx += g * x
+        if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
+            g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
+            x_blocks = tl.reshape(x, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
+            acc_outer += g_blocks[:, :, :, None] * x_blocks[:, :, None, :]
+    if PARAMS and (SLOTS > 1 and not OUTER):
+        acc_slots += g[:, :, None] * x_slot.to(tl.float32)
+    return acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots
+
+
+@triton.jit
 def _token_sums_kernel(
     g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
@@ -383,45 +411,58 @@ def _token_sums_kernel(
         acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
-        for offset in range(0, tokens_per_split, BLOCK_T * UNROLL):
-            for u in tl.static_range(UNROLL):  # UNROLL tiles in flight per step
-                t = first + offset + u * BLOCK_T + tl.arange(0, BLOCK_T)
-                t_ok = (t < n_tokens) & (t < first + tokens_per_split)
-                t64 = t[:, None].to(tl.int64)
-                g = tl.load(
-                    g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
+        for offset in range(0, tokens_per_split, 2 * BLOCK_T):
+            # two token tiles per step, every load of both issued before the first use (Nsight Compute: with
+            # each load next to its use the warps waited at every one of them)
+            t_a = first + offset + tl.arange(0, BLOCK_T)
+            t_b = t_a + BLOCK_T
+            ok_a = (t_a < n_tokens) & (t_a < first + tokens_per_split)
+            ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
+            ta64 = t_a[:, None].to(tl.int64)
+            tb64 = t_b[:, None].to(tl.int64)
+            g_a = tl.load(
+                g_ptr + ta64 * stride_g + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
+            )
+            g_b = tl.load(
+                g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+            )
+            y_a = g_a
+            y_b = g_b
+            if HAS_Y:
+                y_a = tl.load(
+                    y_ptr + ta64 * stride_y + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
                 )
-                g = g.to(tl.float32)
-                if G_SUM:  # only for a bias: one accumulator fewer (registers bound this kernel's occupancy)
-                    acc_g += g
-                if HAS_Y:
-                    y = tl.load(
-                        y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0
-                    )
-                    acc_gy += g * y.to(tl.float32)
-                if STATS_OUT:
-                    acc_gg += g * g
-                if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
-                    x = tl.load(
-                        x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0
-                    )
-                    x = x.to(tl.float32)
-                    if STATS_IN:
-                        acc_xx += x * x
-                    # the diagonal: the diag core, the remainder diagonal
-                    if PARAMS and (SLOTS == 1 or OUTER):
-                        acc_gx += g * x
-                    if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
-                        g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
-                        x_blocks = tl.reshape(x, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
-                        acc_outer += g_blocks[:, :, :, None] * x_blocks[:, :, None, :]
-                if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
-                    x_slot = tl.load(
-                        x_ptr + t64[:, :, None] * stride_x + slot_col[None, :, :],
-                        mask=t_ok[:, None, None] & slot_ok[None, :, :],
-                        other=0.0,
-                    )
-                    acc_slots += g[:, :, None] * x_slot.to(tl.float32)
+                y_b = tl.load(
+                    y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+                )
+            x_a = g_a
+            x_b = g_b
+            if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+                x_a = tl.load(
+                    x_ptr + ta64 * stride_x + k[None, :], mask=ok_a[:, None] & in_ok[None, :], other=0.0
+                )
+                x_b = tl.load(
+                    x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
+                )
+            slot_a = acc_slots
+            slot_b = acc_slots
+            if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
+                slot_a = tl.load(
+                    x_ptr + ta64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_a[:, None, None] & slot_ok[None, :, :], other=0.0,
+                )  # fmt: skip
+                slot_b = tl.load(
+                    x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
+                )  # fmt: skip
+            acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
+                g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+            )  # fmt: skip
+            acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
+                g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+            )  # fmt: skip
         ok = k < width
         tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
         if G_SUM:
