@@ -339,31 +339,6 @@ def _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col, 
 
 
 @triton.jit
-def _column_tile_loads(g_ptr, y_ptr, x_ptr, t0, t_end, n_tokens, k, out_ok, in_ok, slot_col, slot_ok, no_slots,
-                       stride_g, stride_y, stride_x, HAS_Y: tl.constexpr, STATS_IN: tl.constexpr,
-                       PARAMS: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr):  # fmt: skip
-    """The loads of one token tile ``[t0, t0 + BLOCK_T)`` of the column programs: ``g``, ``y``, ``x`` and the
-    gathered slot columns of ``x`` (``g`` or ``no_slots`` where a tensor is not needed)."""
-    t = t0 + tl.arange(0, BLOCK_T)
-    t_ok = (t < n_tokens) & (t < t_end)
-    t64 = t[:, None].to(tl.int64)
-    g = tl.load(g_ptr + t64 * stride_g + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
-    y = g
-    if HAS_Y:
-        y = tl.load(y_ptr + t64 * stride_y + k[None, :], mask=t_ok[:, None] & out_ok[None, :], other=0.0)
-    x = g
-    if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
-        x = tl.load(x_ptr + t64 * stride_x + k[None, :], mask=t_ok[:, None] & in_ok[None, :], other=0.0)
-    x_slot = no_slots
-    if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
-        x_slot = tl.load(
-            x_ptr + t64[:, :, None] * stride_x + slot_col[None, :, :],
-            mask=t_ok[:, None, None] & slot_ok[None, :, :], other=0.0,
-        )  # fmt: skip
-    return g, y, x, x_slot
-
-
-@triton.jit
 def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
                  G_SUM: tl.constexpr, HAS_Y: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
                  PARAMS: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -436,18 +411,52 @@ def _token_sums_kernel(
         acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
-        end = first + tokens_per_split
         for offset in range(0, tokens_per_split, 2 * BLOCK_T):
             # two token tiles per step, every load of both issued before the first use (Nsight Compute: with
-            # each load next to its use the warps waited at every one of them)
-            g_a, y_a, x_a, slot_a = _column_tile_loads(
-                g_ptr, y_ptr, x_ptr, first + offset, end, n_tokens, k, out_ok, in_ok, slot_col, slot_ok, acc_slots,
-                stride_g, stride_y, stride_x, HAS_Y, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T,
-            )  # fmt: skip
-            g_b, y_b, x_b, slot_b = _column_tile_loads(
-                g_ptr, y_ptr, x_ptr, first + offset + BLOCK_T, end, n_tokens, k, out_ok, in_ok, slot_col, slot_ok,
-                acc_slots, stride_g, stride_y, stride_x, HAS_Y, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T,
-            )  # fmt: skip
+            # each load next to its use the warps waited at every one of them). Written out for both tiles on
+            # purpose: the same loads through one jit helper compiled differently on the H200 (token sums
+            # 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt)
+            t_a = first + offset + tl.arange(0, BLOCK_T)
+            t_b = t_a + BLOCK_T
+            ok_a = (t_a < n_tokens) & (t_a < first + tokens_per_split)
+            ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
+            ta64 = t_a[:, None].to(tl.int64)
+            tb64 = t_b[:, None].to(tl.int64)
+            g_a = tl.load(
+                g_ptr + ta64 * stride_g + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
+            )
+            g_b = tl.load(
+                g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+            )
+            y_a = g_a
+            y_b = g_b
+            if HAS_Y:
+                y_a = tl.load(
+                    y_ptr + ta64 * stride_y + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
+                )
+                y_b = tl.load(
+                    y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+                )
+            x_a = g_a
+            x_b = g_b
+            if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+                x_a = tl.load(
+                    x_ptr + ta64 * stride_x + k[None, :], mask=ok_a[:, None] & in_ok[None, :], other=0.0
+                )
+                x_b = tl.load(
+                    x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
+                )
+            slot_a = acc_slots
+            slot_b = acc_slots
+            if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
+                slot_a = tl.load(
+                    x_ptr + ta64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_a[:, None, None] & slot_ok[None, :, :], other=0.0,
+                )  # fmt: skip
+                slot_b = tl.load(
+                    x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
+                )  # fmt: skip
             acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
                 g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
                 G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
