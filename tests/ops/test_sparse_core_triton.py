@@ -264,6 +264,40 @@ def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(slots: int
         assert rel_error(results["triton"][1][key], expected) < 1e-5, key
 
 
+@pytest.mark.parametrize(("n", "m", "block_size"), [(9, 6, 8), (5, 7, 16), (12, 3, 4)])
+def test_triton_block_core_without_a_full_block(n: int, m: int, block_size: int) -> None:
+    """``block_size > min(n, m)``: no full block, the core is its remainder diagonal and the blocks tensor is
+    empty. An empty tensor's data pointer is null, so no kernel may take the blocks' gradient as a pointer
+    (regression: the interpreter segfaulted writing through it)."""
+    gen = torch.Generator().manual_seed(n * m + block_size)
+    d = min(n, m)
+    x = torch.randn(40, m, generator=gen)
+    weight = torch.randn(n, m, generator=gen) / m**0.5
+    slots = min(n, m) // 2
+    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
+    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
+    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
+              "logits": torch.randn(n, generator=gen), "blocks": torch.randn(0, block_size, block_size),
+              "tail": torch.randn(d, generator=gen)}  # fmt: skip
+    nu = weight.norm(dim=1)
+    results = {}
+    for impl in ("torch", "triton"):
+        params = {k: v.to(DEVICE).clone().requires_grad_() for k, v in leaves.items()}
+        magnitude = Magnitude("ecd_tanh", params["logits"], nu.to(DEVICE), (nu**2).sum().to(DEVICE), 0.5)
+        out = jora_linear(
+            x.to(DEVICE), weight.to(DEVICE), core=CoreSpec("block", n, m, block_size=block_size),
+            core_params=(params["blocks"], params["tail"]), pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"],
+            pairs_R=pairs_R.to(DEVICE), theta_R=params["theta_R"], magnitude=magnitude, impl=impl,
+        )  # fmt: skip
+        out.square().sum().backward()
+        results[impl] = (out.detach(), {k: v.grad for k, v in params.items()})
+    assert rel_error(results["triton"][0], results["torch"][0]) < 1e-5
+    for key, expected in results["torch"][1].items():
+        got = results["triton"][1][key]
+        assert got.shape == leaves[key].shape, key
+        assert rel_error(got, expected) < 1e-5, key
+
+
 def test_triton_diag_scale_matches_compute_scale_at_zero_and_nonzero_logits() -> None:
     """The in-kernel OER/ECD scale equals :func:`compute_scale` (identity at zero logits)."""
     n, m = 37, 19
