@@ -85,18 +85,22 @@ def _run(impl: str, dtype: torch.dtype, inputs: dict, setup: dict) -> tuple[torc
     return out.detach(), {k: v.grad for k, v in leaves.items()}, (stats_in, stats_out)
 
 
+def _reference_scale(inputs: dict, setup: dict) -> torch.Tensor | None:
+    """The float64 row scale ``s`` of the drawn mode (``None`` without one)."""
+    if setup["mode"] == "scale":
+        return inputs["scale"].double()
+    if setup["mode"] == "oer_softmax":
+        return oer_scale(setup["row_norms"], inputs["logits"], setup["temperature"], 1e-8)
+    if setup["mode"] == "ecd_tanh":
+        return ecd_scale(setup["row_norms"], inputs["logits"], ECD_ALPHA, setup["temperature"], 1e-8)
+    return None
+
+
 def _dense_reference(inputs: dict, setup: dict) -> torch.Tensor:
     n, m = setup["n"], setup["m"]
     kind, block_size = setup["core"], setup["block_size"]
     active_L, active_R = setup["active_L"], setup["active_R"]
-    if setup["mode"] == "scale":
-        s = inputs["scale"].double()
-    elif setup["mode"] == "oer_softmax":
-        s = oer_scale(setup["row_norms"], inputs["logits"], setup["temperature"], 1e-8)
-    elif setup["mode"] == "ecd_tanh":
-        s = ecd_scale(setup["row_norms"], inputs["logits"], ECD_ALPHA, setup["temperature"], 1e-8)
-    else:
-        s = None
+    s = _reference_scale(inputs, setup)
     dense = adapted_weight(
         setup["weight"],
         dense_core(kind, tuple(inputs[name] for name in _CORE_PARAMS[kind]), n, m, block_size),
@@ -177,9 +181,7 @@ def _logits_grad_magnitude(inputs: dict, setup: dict, ref_out: torch.Tensor) -> 
     nu, temperature = setup["row_norms"], setup["temperature"]
     included = nu > 1e-8
     logits = inputs["logits"].double()
-    s = oer_scale(nu, logits, temperature, 1e-8) if setup["mode"] == "oer_softmax" else None
-    if s is None:
-        s = ecd_scale(nu, logits, ECD_ALPHA, temperature, 1e-8)
+    s = _reference_scale(inputs, setup)
     pre_scale = (ref_out.double().cpu() - inputs.get("bias", torch.zeros(setup["n"])).double()) / s
     u = torch.where(included, (setup["grad"].double() * pre_scale).abs().sum(0), 0.0)
     energy = (nu[included] ** 2).sum()
@@ -226,6 +228,40 @@ def test_triton_sparse_cores_match_float64_references(n: int, m: int, tokens: in
     assert rel_error(stats_out, ref_out_stats) < 1e-5
 
 
+def _assert_triton_matches_torch_path(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    spec: CoreSpec,
+    core_names: tuple[str, ...],
+    leaves: dict[str, torch.Tensor],
+    pairs_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    magnitude_kind: str,
+    temperature: float,
+) -> None:
+    """One fwd+bwd (loss ``Σ y²``) on each path; the Triton output and every leaf's gradient (shape included)
+    within 1e-5 of the torch path's."""
+    nu = weight.norm(dim=1)
+    results = {}
+    for impl in ("torch", "triton"):
+        params = {k: v.to(DEVICE).clone().requires_grad_() for k, v in leaves.items()}
+        magnitude = Magnitude(
+            magnitude_kind, params["logits"], nu.to(DEVICE), (nu**2).sum().to(DEVICE), temperature
+        )
+        out = jora_linear(
+            x.to(DEVICE), weight.to(DEVICE), core=spec, core_params=tuple(params[k] for k in core_names),
+            pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE),
+            theta_R=params["theta_R"], magnitude=magnitude, impl=impl,
+        )  # fmt: skip
+        out.square().sum().backward()
+        results[impl] = (out.detach(), {k: v.grad for k, v in params.items()})
+    assert rel_error(results["triton"][0], results["torch"][0]) < 1e-5
+    for key, expected in results["torch"][1].items():
+        got = results["triton"][1][key]
+        assert got.shape == leaves[key].shape, key
+        assert rel_error(got, expected) < 1e-5, key
+
+
 @pytest.mark.parametrize(
     ("slots", "block_size"), [(31, 0), (33, 0), (70, 0), (70, 2), (40, 3), (70, 4), (33, 8), (40, 16)]
 )
@@ -247,21 +283,9 @@ def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(slots: int
         spec, core = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
     leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
               "logits": torch.randn(n, generator=gen), **core}  # fmt: skip
-    nu = weight.norm(dim=1)
-    results = {}
-    for impl in ("torch", "triton"):
-        params = {k: v.to(DEVICE).clone().requires_grad_() for k, v in leaves.items()}
-        magnitude = Magnitude("oer_softmax", params["logits"], nu.to(DEVICE), (nu**2).sum().to(DEVICE), 1.0)
-        out = jora_linear(
-            x.to(DEVICE), weight.to(DEVICE), core=spec, core_params=tuple(params[k] for k in core),
-            pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE),
-            theta_R=params["theta_R"], magnitude=magnitude, impl=impl,
-        )  # fmt: skip
-        out.square().sum().backward()
-        results[impl] = (out.detach(), {k: v.grad for k, v in params.items() if v.numel()})
-    assert rel_error(results["triton"][0], results["torch"][0]) < 1e-5
-    for key, expected in results["torch"][1].items():
-        assert rel_error(results["triton"][1][key], expected) < 1e-5, key
+    _assert_triton_matches_torch_path(
+        x, weight, spec, tuple(core), leaves, pairs_L, pairs_R, "oer_softmax", 1.0
+    )
 
 
 @pytest.mark.parametrize(("n", "m", "block_size"), [(9, 6, 8), (5, 7, 16), (12, 3, 4)])
@@ -279,23 +303,10 @@ def test_triton_block_core_without_a_full_block(n: int, m: int, block_size: int)
     leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
               "logits": torch.randn(n, generator=gen), "blocks": torch.randn(0, block_size, block_size),
               "tail": torch.randn(d, generator=gen)}  # fmt: skip
-    nu = weight.norm(dim=1)
-    results = {}
-    for impl in ("torch", "triton"):
-        params = {k: v.to(DEVICE).clone().requires_grad_() for k, v in leaves.items()}
-        magnitude = Magnitude("ecd_tanh", params["logits"], nu.to(DEVICE), (nu**2).sum().to(DEVICE), 0.5)
-        out = jora_linear(
-            x.to(DEVICE), weight.to(DEVICE), core=CoreSpec("block", n, m, block_size=block_size),
-            core_params=(params["blocks"], params["tail"]), pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"],
-            pairs_R=pairs_R.to(DEVICE), theta_R=params["theta_R"], magnitude=magnitude, impl=impl,
-        )  # fmt: skip
-        out.square().sum().backward()
-        results[impl] = (out.detach(), {k: v.grad for k, v in params.items()})
-    assert rel_error(results["triton"][0], results["torch"][0]) < 1e-5
-    for key, expected in results["torch"][1].items():
-        got = results["triton"][1][key]
-        assert got.shape == leaves[key].shape, key
-        assert rel_error(got, expected) < 1e-5, key
+    spec = CoreSpec("block", n, m, block_size=block_size)
+    _assert_triton_matches_torch_path(
+        x, weight, spec, ("blocks", "tail"), leaves, pairs_L, pairs_R, "ecd_tanh", 0.5
+    )
 
 
 def test_triton_diag_scale_matches_compute_scale_at_zero_and_nonzero_logits() -> None:
