@@ -15,7 +15,7 @@ instead of as dozens of small torch ops:
   up directly in the slot tables (a compare against every slot: no scatter, no dense tables, empty ``-1``
   slots never match).
 - ``_token_sums_kernel`` (backward): per split of tokens, column programs stream ``g``, ``y`` and ``x`` once
-  (``Σg·y``, ``Σg``, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
+  (``Σg·y``, ``Σg`` with a bias, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
   on an angle.
 - ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
@@ -81,7 +81,6 @@ SLOT_GRADS_BLOCK_N = 1024  # rows per step of the logits' gradient in the last p
 _SLOT_BLOCK = 32
 
 
-@functools.lru_cache(maxsize=64)
 def _next_power_of_2(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
 
@@ -378,7 +377,7 @@ def _token_sums_kernel(
     """Partial token sums of one split of tokens (fp32).
 
     Programs ``pid < n_col_blocks`` take a block of coordinates ``k`` and stream ``g``, ``y``, ``x`` with
-    contiguous loads: ``Σg·y``, ``Σg``, ``Σg²``, ``Σx²`` (rows 0-3 of ``width``), then the slot sums
+    contiguous loads: ``Σg·y``, ``Σg`` (``G_SUM``), ``Σg²``, ``Σx²`` (rows 0-3 of ``width``), then the slot sums
     ``Σ g_k x_col(k, t)`` (``width × SLOTS``: the diagonal for ``b = 1``; for a power-of-two ``b`` (``OUTER``)
     the outer product of each block's ``g`` and ``x`` rows, with the remainder diagonal beside it; else
     ``x`` gathered at the slot columns). The others take a block of rotation entries — ``(row, column)``
