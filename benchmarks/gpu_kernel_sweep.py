@@ -1,14 +1,17 @@
 """Launch-shape sweep of the sparse-core Triton kernels (device tool): device time of each kernel.
 
-python benchmarks/gpu_kernel_sweep.py   (bf16, d=4096, OER magnitude, S=32 per side; diag and block b=4;
-T = 8192 and 32768)
+python benchmarks/gpu_kernel_sweep.py   (bf16, OER magnitude, S=32 per side; diag and block b=4;
+T = 8192 and 32768 at d = 4096, and T = 8192 at d = 2048)
 
 Each row overrides some launch knobs of the module (``VARIANTS``), then reads the per-kernel device time
-from the profiler (10 fwd+bwd). ``python benchmarks/gpu_kernel_sweep.py diag`` sweeps one core.
+from the profiler (10 fwd+bwd). ``python benchmarks/gpu_kernel_sweep.py diag`` sweeps one core. The last
+line, ``BEST {json}``, is the variant with the least kernel time over the first core's shapes: the run
+scripts pass it to ``benchmarks/device/with_knobs.py``.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable
 
@@ -19,20 +22,22 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"ENTRY_TOKEN_BLOCK": 32, "_ENTRY_BLOCK": 32},
-    {"ENTRY_TOKEN_BLOCK": 64, "_ENTRY_BLOCK": 16},
-    {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 64},
-    {"TOKEN_SUM_BLOCKS": (64, 16)},
-    {"TOKEN_SUM_BLOCKS": (256, 8), "TOKEN_SUM_WARPS": 4},
-    {"TOKEN_SUM_BLOCKS": (128, 16), "TOKEN_SUM_WARPS": 4},
-    {"TOKEN_SUM_UNROLL": 4},
-    {"TOKENS_PER_SPLIT": 128, "MAX_SPLITS": 128},
-    {"FOLD_NORMALISER_BLOCK": 4096},
-    {"FOLD_BLOCKS": {"linear": (32, 512), "conv1d": (64, 64)}},
+    {"COLUMN_STAGES": 3},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 3},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 3, "TOKEN_SUM_BLOCKS": (128, 16), "TOKEN_SUM_WARPS": 4},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "TOKEN_SUM_BLOCKS": (128, 16), "TOKEN_SUM_WARPS": 4},
+    {"COLUMN_STAGES": 3, "TOKENS_PER_SPLIT": 256},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "TOKENS_PER_SPLIT": 256},
+    {"FOLD_STAGES": 2},
+    {"FOLD_STAGES": 3},
+    {"COLUMN_STAGES": 3, "FOLD_STAGES": 2},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "FOLD_STAGES": 2},
+    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "TOKENS_PER_SPLIT": 256, "FOLD_STAGES": 2},
 ]
 
 
-def kernel_times(T: int, core: str, d: int = 4096, slots: int = 32) -> dict[str, float]:
+def kernel_times(T: int, core: str, d: int, slots: int = 32) -> dict[str, float]:
     dev = "cuda"
     x = torch.randn(T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
     weight = (torch.randn(d, d, device=dev) / d**0.5).to(torch.bfloat16)
@@ -75,7 +80,7 @@ def _triton_kernel_us(run: Callable[[], object]) -> dict[str, float]:
     }
 
 
-def column_sums_us(T: int, d: int = 4096) -> float:
+def column_sums_us(T: int, d: int) -> float:
     """Device time (µs) of the token-sum kernel's column programs alone (``column_sums_triton``: Σg·y, Σg,
     Σg², Σx², Σg·x, no gathers) at the sweep's shape: the difference to the full kernel is the gathers'."""
     dev = "cuda"
@@ -102,20 +107,35 @@ def main() -> int:
     seen: set[int] = set()
     defaults = {name: getattr(kernels, name) for variant in VARIANTS for name in variant}
     cores = sys.argv[1].split(",") if len(sys.argv) > 1 else ["diag", "block"]
+    shapes = [(8192, 4096), (32768, 4096), (8192, 2048)]
+    totals: dict[tuple[str, int, int], list[float]] = {}  # per (core, T, d): each variant's kernel time
     for core in cores:
-        for T in (8192, 32768):
+        for T, d in shapes:
             for variant in VARIANTS:
                 for name, value in defaults.items():
                     setattr(kernels, name, variant.get(name, value))
                 kernels._token_sum_geometry.cache_clear()  # the launch geometry is cached per shape
-                times = kernel_times(T, core)
+                times = kernel_times(T, core, d)
+                totals.setdefault((core, T, d), []).append(sum(times.values()))
                 cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
-                print(f"{core:5s} T={T:6d} {variant or 'defaults'}: {cells}", flush=True)
+                print(f"{core:5s} T={T:6d} d={d} {variant or 'defaults'}: {cells}", flush=True)
                 if not variant and core == "diag":
-                    print(f"    column programs alone (no gathers): {column_sums_us(T):7.1f} µs", flush=True)
+                    print(
+                        f"    column programs alone (no gathers): {column_sums_us(T, d):7.1f} µs", flush=True
+                    )
                 compiled = _new_compilations(seen)
                 if compiled:
                     print(f"    compiled: {compiled}", flush=True)
+    for name, value in defaults.items():
+        setattr(kernels, name, value)
+    # the variant with the least kernel time summed over the shapes of the first core (JSON for the run scripts)
+    score = [
+        sum(times[i] for (core, _, _), times in totals.items() if core == cores[0])
+        for i in range(len(VARIANTS))
+    ]
+    best = min(range(len(VARIANTS)), key=score.__getitem__)
+    print(f"summed over the shapes (µs): {', '.join(f'{i}: {v:.1f}' for i, v in enumerate(score))}")
+    print("BEST " + json.dumps(VARIANTS[best]), flush=True)
     return 0
 
 

@@ -169,15 +169,10 @@ def measure_layer(method: str, T: int, d: int, dtype: torch.dtype) -> dict:
     return result
 
 
-def layer_table(report: dict, quick: bool) -> None:
+def layer_table(report: dict, shapes: list[tuple[int, int]], methods: list[str]) -> None:
     rows = []
-    configs = (
-        [(8192, 4096)]
-        if quick
-        else [(8192, 2048), (8192, 4096), (8192, 8192), (32768, 2048), (32768, 4096), (32768, 8192)]
-    )
-    for T, d in configs:
-        for method in LAYER_METHODS:
+    for T, d in shapes:
+        for method in methods:
             try:
                 rows.append(measure_layer(method, T, d, torch.bfloat16))
             except Exception as err:  # noqa: BLE001  (a peer failing must not hide the others; it is reported)
@@ -373,8 +368,22 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--sections", default="correctness,layers,model,compile")
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="the layer table at T=8192, d=4096 only")
+    parser.add_argument("--shapes", help="layer-table shapes TxD, comma-separated (overrides --quick)")
+    parser.add_argument(
+        "--methods", default=",".join(LAYER_METHODS), help="layer-table methods, comma-separated (frozen and LoRA r16, the"
+        " ratios' references, are always measured)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.shapes:
+        shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    elif args.quick:
+        shapes = [(8192, 4096)]
+    else:
+        shapes = [(8192, 2048), (8192, 4096), (8192, 8192), (32768, 2048), (32768, 4096), (32768, 8192)]
+    methods = ["frozen", "lora_r16"] + [m for m in args.methods.split(",") if m not in ("frozen", "lora_r16")]
+    if unknown := set(methods) - set(BUILDERS):
+        parser.error(f"--methods: unknown {sorted(unknown)}; known: {sorted(BUILDERS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     import transformers
 
@@ -387,7 +396,7 @@ def main() -> int:
     }
     sections = {
         "correctness": correctness,
-        "layers": lambda r: layer_table(r, args.quick),
+        "layers": lambda r: layer_table(r, shapes, methods),
         "model": model_table,
         "compile": compile_check,
         "host": host_overhead,

@@ -64,13 +64,16 @@ ENTRY_TOKEN_BLOCK = 8  # tokens per tile of the gather programs (entries per til
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
 FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 512), "conv1d": (64, 64)}
 FOLD_WARPS = 8
+FOLD_STAGES = 1  # software-pipeline depth of the fold's copy loop
 # rows per step of the in-kernel OER/ECD normaliser (H200, d=4096: 4096 rows in one step, 99 registers,
 # 25.8 -> 23.5 µs; it spilled with the v7 fold's registers)
 FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
-TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
+TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs
+# token tiles per loop step of the column programs, and the software-pipeline depth of that loop
+COLUMN_TILES, COLUMN_STAGES = 2, 1
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
@@ -258,7 +261,7 @@ def _fold_kernel(
     pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha,
     MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BLOCK_S: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``.
 
@@ -278,7 +281,7 @@ def _fold_kernel(
     row_off = rows[:, None].to(tl.int64) * stride_row
     # 1. the scaled copy s ⊙ W: a pure stream (no per-element index work, few registers); two tiles loaded
     # before either is stored (the compiler may not move a load above a store to a pointer it cannot tell apart)
-    for start in range(0, n_in, 2 * BLOCK_COLS):
+    for start in tl.range(0, n_in, 2 * BLOCK_COLS, num_stages=STAGES):
         cols_a = start + tl.arange(0, BLOCK_COLS)
         cols_b = cols_a + BLOCK_COLS
         mask_a = row_ok[:, None] & (cols_a < n_in)[None, :]
@@ -372,7 +375,7 @@ def _token_sums_kernel(
     HAS_Y: tl.constexpr, G_SUM: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
     STATS_IN: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TE: tl.constexpr, BLOCK_S: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """Partial token sums of one split of tokens (fp32).
 
@@ -410,60 +413,66 @@ def _token_sums_kernel(
         acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
-        for offset in range(0, tokens_per_split, 2 * BLOCK_T):
-            # two token tiles per step, every load of both issued before the first use (Nsight Compute: with
-            # each load next to its use the warps waited at every one of them). Written out for both tiles on
-            # purpose: the same loads through one jit helper compiled differently on the H200 (token sums
-            # 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt)
+        for offset in tl.range(0, tokens_per_split, TILES * BLOCK_T, num_stages=STAGES):
+            # TILES token tiles per step, every load issued before the first use (Nsight Compute: with each
+            # load next to its use the warps waited at every one of them); STAGES > 1 lets the compiler's
+            # pipeliner keep that many steps' loads in flight (asynchronous copies through shared memory).
+            # The second tile's loads are written out, not put in a jit helper: the helper compiled
+            # differently on the H200 (token sums 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt)
             t_a = first + offset + tl.arange(0, BLOCK_T)
-            t_b = t_a + BLOCK_T
             ok_a = (t_a < n_tokens) & (t_a < first + tokens_per_split)
-            ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
             ta64 = t_a[:, None].to(tl.int64)
-            tb64 = t_b[:, None].to(tl.int64)
             g_a = tl.load(
                 g_ptr + ta64 * stride_g + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
             )
-            g_b = tl.load(
-                g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
-            )
             y_a = g_a
-            y_b = g_b
             if HAS_Y:
                 y_a = tl.load(
                     y_ptr + ta64 * stride_y + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
                 )
-                y_b = tl.load(
-                    y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
-                )
             x_a = g_a
-            x_b = g_b
             if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
                 x_a = tl.load(
                     x_ptr + ta64 * stride_x + k[None, :], mask=ok_a[:, None] & in_ok[None, :], other=0.0
                 )
-                x_b = tl.load(
-                    x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
-                )
             slot_a = acc_slots
-            slot_b = acc_slots
             if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
                 slot_a = tl.load(
                     x_ptr + ta64[:, :, None] * stride_x + slot_col[None, :, :],
                     mask=ok_a[:, None, None] & slot_ok[None, :, :], other=0.0,
                 )  # fmt: skip
-                slot_b = tl.load(
-                    x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
-                    mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
-                )  # fmt: skip
+            if TILES == 2:
+                t_b = t_a + BLOCK_T
+                ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
+                tb64 = t_b[:, None].to(tl.int64)
+                g_b = tl.load(
+                    g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+                )
+                y_b = g_b
+                if HAS_Y:
+                    y_b = tl.load(
+                        y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+                    )
+                x_b = g_b
+                if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+                    x_b = tl.load(
+                        x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
+                    )
+                slot_b = acc_slots
+                if PARAMS and (SLOTS > 1 and not OUTER):
+                    slot_b = tl.load(
+                        x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
+                        mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
+                    )  # fmt: skip
             acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
                 g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
                 G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
             )  # fmt: skip
-            acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
-                g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
-            )  # fmt: skip
+            if TILES == 2:
+                acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
+                    g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                    G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+                )  # fmt: skip
         ok = k < width
         tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
         if G_SUM:
@@ -881,7 +890,8 @@ def _token_sums(
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         HAS_Y=y is not None, G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
-        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
+        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, TILES=COLUMN_TILES,
+        STAGES=COLUMN_STAGES, num_warps=warps,
     )  # fmt: skip
     return partial, splits, split_stride
 
@@ -990,7 +1000,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             config["eps"], config["alpha"],
             MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
-            BLOCK_S=_SLOT_BLOCK, num_warps=FOLD_WARPS,
+            BLOCK_S=_SLOT_BLOCK, STAGES=FOLD_STAGES, num_warps=FOLD_WARPS,
         )  # fmt: skip
         if linear:
             out = torch.nn.functional.linear(x, folded, bias)

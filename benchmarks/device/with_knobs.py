@@ -1,0 +1,37 @@
+"""Run a script or a module with launch knobs of ``jora_ops._sparse_core_triton`` overridden (device tool).
+
+    python benchmarks/device/with_knobs.py '{"COLUMN_STAGES": 3}' benchmarks/gpu_tables.py --out "$OUT" ...
+    python benchmarks/device/with_knobs.py '{"COLUMN_STAGES": 3}' -m pytest -q tests/ops/test_gpu.py
+
+The knobs are module attributes read at launch time, so one process measures or tests a variant of the
+kernels without editing them (``gpu_kernel_sweep.py`` prints the best variant's JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+
+from jora_ops import _sparse_core_triton
+
+
+def main() -> None:
+    knobs = json.loads(sys.argv[1])
+    unknown = [name for name in knobs if not hasattr(_sparse_core_triton, name)]
+    if unknown:
+        raise SystemExit(f"unknown knobs {unknown} of jora_ops._sparse_core_triton")
+    for name, value in knobs.items():
+        setattr(_sparse_core_triton, name, tuple(value) if isinstance(value, list) else value)
+    _sparse_core_triton._token_sum_geometry.cache_clear()
+    print(f"knobs: {knobs}", flush=True)
+    if sys.argv[2] == "-m":
+        sys.argv = [sys.argv[3], *sys.argv[4:]]
+        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+    else:
+        sys.argv = sys.argv[2:]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()
