@@ -22,18 +22,12 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"COLUMN_STAGES": 3},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 3},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 3, "TOKEN_SUM_BLOCKS": (128, 16), "TOKEN_SUM_WARPS": 4},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "TOKEN_SUM_BLOCKS": (128, 16), "TOKEN_SUM_WARPS": 4},
-    {"COLUMN_STAGES": 3, "TOKENS_PER_SPLIT": 256},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "TOKENS_PER_SPLIT": 256},
-    {"FOLD_STAGES": 2},
-    {"FOLD_STAGES": 3},
-    {"COLUMN_STAGES": 3, "FOLD_STAGES": 2},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "FOLD_STAGES": 2},
-    {"COLUMN_TILES": 1, "COLUMN_STAGES": 4, "TOKENS_PER_SPLIT": 256, "FOLD_STAGES": 2},
+    {"_COORDINATE_BLOCK": 8},
+    {"_COORDINATE_BLOCK": 32},
+    {"_COORDINATE_BLOCK": 64},
+    {"TOKENS_PER_SPLIT": 256},
+    {"TOKENS_PER_SPLIT": 64, "MAX_SPLITS": 128},
+    {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 32},
 ]
 
 

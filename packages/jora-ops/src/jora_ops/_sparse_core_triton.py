@@ -19,11 +19,10 @@ instead of as dozens of small torch ops:
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
   on an angle.
 - ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
-  (bias, scale and core gradients, the per-coordinate table gradients; statistics added to their buffers);
-  then the last of its programs to finish (a ticket: an atomic counter that the token sums zeroed) runs
-  ``_slot_grads``: the magnitude logits' VJP (a reduction over rows) and the angle gradients of every slot
-  (gathers of the table gradients at the slot's two coordinates; empty slots get 0). One launch fewer
-  than a separate one-program kernel: each Triton launch costs tens of µs of host time.
+  (bias, scale, magnitude-logit and core gradients; statistics added to their buffers), and adds each
+  coordinate's share of its slots' angle gradients. Its programs are independent: the one global sum of the
+  logits' gradient comes from per-block totals that the token sums write, and each angle gradient is the sum
+  of exactly two atomic adds on a zero (the same in either order, so the backward stays deterministic).
 
 Block sizes up to :data:`TRITON_MAX_BLOCK_SIZE` run here (slot dimensions are padded to a power of two).
 No host-device synchronisation: counts are shapes, everything else stays on the device.
@@ -64,23 +63,19 @@ ENTRY_TOKEN_BLOCK = 8  # tokens per tile of the gather programs (entries per til
 # for b = 1; the column / coordinate blocks shrink with the padded slot count
 FOLD_BLOCKS: dict[str, tuple[int, int]] = {"linear": (16, 512), "conv1d": (64, 64)}
 FOLD_WARPS = 8
-FOLD_STAGES = 1  # software-pipeline depth of the fold's copy loop
 # rows per step of the in-kernel OER/ECD normaliser (H200, d=4096: 4096 rows in one step, 99 registers,
 # 25.8 -> 23.5 µs; it spilled with the v7 fold's registers)
 FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
-TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs
-# token tiles per loop step of the column programs, and the software-pipeline depth of that loop
-COLUMN_TILES, COLUMN_STAGES = 2, 1
+TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
 TOKENS_PER_SPLIT, MAX_SPLITS = 128, 64
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 _COORDINATE_BLOCK = 16
-SLOT_GRADS_BLOCK_N = 1024  # rows per step of the logits' gradient in the last per-coordinate program
 _SLOT_BLOCK = 32
 
 
@@ -208,7 +203,8 @@ def _tanh(v):
 def _magnitude_normaliser(
     logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha, MODE: tl.constexpr, BLOCK_N: tl.constexpr
 ):
-    """OER: ``logsumexp_j(2 log ν_j + w_j/T) − log E_incl``; ECD: ``sqrt(E_incl / Σ (ν_j g_j)²)``."""
+    """``(normaliser, E_incl)``: OER ``logsumexp_j(2 log ν_j + w_j/T) − log E_incl``, ECD
+    ``κ = sqrt(E_incl / Σ_j (ν_j g_j)²)``; ``E_incl`` is the energy of the included rows (``ν > eps``)."""
     temperature = tl.load(temp_ptr).to(tl.float32)
     excluded = tl.zeros((BLOCK_N,), tl.float32)
     acc = tl.zeros((BLOCK_N,), tl.float32)
@@ -230,9 +226,9 @@ def _magnitude_normaliser(
             acc += nu * nu * gain * gain
     energy = tl.load(energy_ptr).to(tl.float32) - tl.sum(excluded, 0)
     if MODE == 2:
-        return run_max + tl.log(tl.sum(acc, 0)) - tl.log(energy)
+        return run_max + tl.log(tl.sum(acc, 0)) - tl.log(energy), energy
     else:
-        return tl.sqrt(energy / tl.sum(acc, 0))
+        return tl.sqrt(energy / tl.sum(acc, 0)), energy
 
 
 @triton.jit
@@ -261,9 +257,10 @@ def _fold_kernel(
     pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha,
     MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr, STAGES: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):  # fmt: skip
-    """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``.
+    """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``, and
+    with a magnitude (program 0) ``E_incl`` and ECD's ``κ`` after it (``scale_out[n:n + 2]``, for the backward).
 
     Row ``k``'s entries, per slot ``t`` (``q = partner_L(k)``, ``j = col(k, t)``, ``j' = col(q, t)``):
     ``E1`` at ``j``, ``E2`` at ``partner_R(j)``, ``E3`` at ``j'``, ``E4`` at ``partner_R(j')``.
@@ -272,16 +269,19 @@ def _fold_kernel(
     row_ok = rows < n_out
     normaliser = 0.0
     if MODE >= 2:
-        normaliser = _magnitude_normaliser(
+        normaliser, energy = _magnitude_normaliser(
             logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha, MODE, BLOCK_N
         )
+        if tl.program_id(0) == 0:
+            tl.store(scale_out_ptr + n_out, energy)
+            tl.store(scale_out_ptr + n_out + 1, normaliser)
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
     row_off = rows[:, None].to(tl.int64) * stride_row
     # 1. the scaled copy s ⊙ W: a pure stream (no per-element index work, few registers); two tiles loaded
     # before either is stored (the compiler may not move a load above a store to a pointer it cannot tell apart)
-    for start in tl.range(0, n_in, 2 * BLOCK_COLS, num_stages=STAGES):
+    for start in range(0, n_in, 2 * BLOCK_COLS):
         cols_a = start + tl.arange(0, BLOCK_COLS)
         cols_b = cols_a + BLOCK_COLS
         mask_a = row_ok[:, None] & (cols_a < n_in)[None, :]
@@ -372,10 +372,12 @@ def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_out
 def _token_sums_kernel(
     g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
-    HAS_Y: tl.constexpr, G_SUM: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
+    bias_ptr, norms_ptr, eps, theta_grads_ptr, n_theta,
+    HAS_Y: tl.constexpr, G_SUM: tl.constexpr, HAS_BIAS: tl.constexpr, ROW_TOTAL: tl.constexpr,
+    PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
     STATS_IN: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TE: tl.constexpr, BLOCK_S: tl.constexpr,
-    UNROLL: tl.constexpr, TILES: tl.constexpr, STAGES: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
     """Partial token sums of one split of tokens (fp32).
 
@@ -388,16 +390,20 @@ def _token_sums_kernel(
     sums, ``SLOTS`` per table position: ``G2`` for ``R``'s ``2 S_R`` positions, then ``G3`` and ``G4`` for
     ``L``'s ``2 S_L`` each). They run beside the column programs of the same split, so their gathers mostly
     hit L2.
+
+    With ``ROW_TOTAL`` each column program also writes ``Σ_k Σ_t g (y − b)`` over its included rows
+    (``ν > eps``) to the split's last ``n_col_blocks`` values: the total that the magnitude logits' gradient
+    needs in every program of the per-coordinate kernel. Program (0, 0) zeroes the ``n_theta`` angle
+    gradients, which the per-coordinate kernel accumulates.
     """
     split = tl.program_id(1)
     block = tl.program_id(0)
     first = split * tokens_per_split
     base = partial_ptr + split * split_stride
-    if (block == 0) & (split == 0):  # the ticket counter of the per-coordinate kernel, after the splits
-        counter = (partial_ptr + tl.num_programs(1) * split_stride).to(
-            tl.pointer_type(tl.int32), bitcast=True
-        )
-        tl.store(counter, 0)
+    if (block == 0) & (split == 0):
+        for start in range(0, n_theta, BLOCK_C):
+            index = start + tl.arange(0, BLOCK_C)
+            tl.store(theta_grads_ptr + index, tl.zeros((BLOCK_C,), tl.float32), mask=index < n_theta)
     if block < n_col_blocks:
         k = block * BLOCK_C + tl.arange(0, BLOCK_C)
         out_ok = k < n_out
@@ -413,70 +419,73 @@ def _token_sums_kernel(
         acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
-        for offset in tl.range(0, tokens_per_split, TILES * BLOCK_T, num_stages=STAGES):
-            # TILES token tiles per step, every load issued before the first use (Nsight Compute: with each
-            # load next to its use the warps waited at every one of them); STAGES > 1 lets the compiler's
-            # pipeliner keep that many steps' loads in flight (asynchronous copies through shared memory).
-            # The second tile's loads are written out, not put in a jit helper: the helper compiled
-            # differently on the H200 (token sums 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt)
+        for offset in range(0, tokens_per_split, 2 * BLOCK_T):
+            # two token tiles per step, every load of both issued before the first use (Nsight Compute: with
+            # each load next to its use the warps waited at every one of them). Written out for both tiles on
+            # purpose: the same loads through one jit helper compiled differently on the H200 (token sums
+            # 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt). Software pipelining of this loop
+            # (tl.range num_stages: asynchronous copies through shared memory) was slower at every depth
+            # and tile shape tried: 76 -> 88-200 µs at T=8192 (gpu-2026-11-29-h200-v11-sweep.txt)
             t_a = first + offset + tl.arange(0, BLOCK_T)
+            t_b = t_a + BLOCK_T
             ok_a = (t_a < n_tokens) & (t_a < first + tokens_per_split)
+            ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
             ta64 = t_a[:, None].to(tl.int64)
+            tb64 = t_b[:, None].to(tl.int64)
             g_a = tl.load(
                 g_ptr + ta64 * stride_g + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
             )
+            g_b = tl.load(
+                g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+            )
             y_a = g_a
+            y_b = g_b
             if HAS_Y:
                 y_a = tl.load(
                     y_ptr + ta64 * stride_y + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
                 )
+                y_b = tl.load(
+                    y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+                )
             x_a = g_a
+            x_b = g_b
             if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
                 x_a = tl.load(
                     x_ptr + ta64 * stride_x + k[None, :], mask=ok_a[:, None] & in_ok[None, :], other=0.0
                 )
+                x_b = tl.load(
+                    x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
+                )
             slot_a = acc_slots
+            slot_b = acc_slots
             if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
                 slot_a = tl.load(
                     x_ptr + ta64[:, :, None] * stride_x + slot_col[None, :, :],
                     mask=ok_a[:, None, None] & slot_ok[None, :, :], other=0.0,
                 )  # fmt: skip
-            if TILES == 2:
-                t_b = t_a + BLOCK_T
-                ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
-                tb64 = t_b[:, None].to(tl.int64)
-                g_b = tl.load(
-                    g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
-                )
-                y_b = g_b
-                if HAS_Y:
-                    y_b = tl.load(
-                        y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
-                    )
-                x_b = g_b
-                if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
-                    x_b = tl.load(
-                        x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
-                    )
-                slot_b = acc_slots
-                if PARAMS and (SLOTS > 1 and not OUTER):
-                    slot_b = tl.load(
-                        x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
-                        mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
-                    )  # fmt: skip
+                slot_b = tl.load(
+                    x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
+                )  # fmt: skip
             acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
                 g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
                 G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
             )  # fmt: skip
-            if TILES == 2:
-                acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
-                    g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                    G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
-                )  # fmt: skip
+            acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
+                g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+            )  # fmt: skip
         ok = k < width
-        tl.store(base + k, tl.sum(acc_gy, 0), mask=ok)
+        gy = tl.sum(acc_gy, 0)
+        tl.store(base + k, gy, mask=ok)
         if G_SUM:
             tl.store(base + width + k, tl.sum(acc_g, 0), mask=ok)
+        if ROW_TOTAL:
+            if HAS_BIAS:
+                gy -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * tl.sum(acc_g, 0)
+            nu = tl.load(norms_ptr + k, mask=out_ok, other=0.0).to(tl.float32)
+            total = tl.sum(tl.where(out_ok & (nu > eps), gy, 0.0), 0)
+            tl.store(base + split_stride - n_col_blocks + block, total)
         tl.store(base + 2 * width + k, tl.sum(acc_gg, 0), mask=ok)
         tl.store(base + 3 * width + k, tl.sum(acc_xx, 0), mask=ok)
         if SLOTS == 1:
@@ -557,21 +566,22 @@ def _split_sum_2d(ptr, index, mask, split_stride, n_splits, BLOCK_SPLITS: tl.con
 @triton.jit
 def _coordinate_grads_kernel(
     partial_ptr, n_splits, split_stride, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
-    stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr, table_grad_ptr,
+    stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr, n_col_blocks,
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full,
-    logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr,
+    logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
     PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr,
-    THETA_R_GRAD: tl.constexpr, BLOCK_N: tl.constexpr,
+    THETA_R_GRAD: tl.constexpr, BLOCK_COL_BLOCKS: tl.constexpr,
 ):  # fmt: skip
-    """Per coordinate: bias and scale gradients, statistics, core gradients and the table gradients; then
-    the last program to finish runs :func:`_slot_grads` (the logits' and the angles' gradients).
+    """Per coordinate: bias, scale and magnitude-logit gradients, statistics, core gradients, and each
+    coordinate's share of the angle gradients of its slots.
 
     Coordinate ``k`` acts as a row (its slots' core gradients, ``∂/∂cos_L``, ``∂/∂sin_L``) and as a column
     ``j = k`` (``∂/∂cos_R``, ``∂/∂sin_R``: a sum over the rows of ``j``'s block, whose slot ``j − start(j)``
-    sits at column ``j``). The ticket counter sits after the splits in ``partial`` (zeroed by the token sums).
+    sits at column ``j``). Every program is independent: the logits' gradient takes its one global sum from
+    the token sums' per-block totals, and the angle gradients are accumulated (:func:`_add_angle_grads`).
     """
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
@@ -591,6 +601,12 @@ def _coordinate_grads_kernel(
         if HAS_BIAS:
             weighted -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * g_sum
         tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
+        if LOGITS_GRAD:
+            _logits_grads(
+                k, out_ok, weighted, s, partial_ptr + split_stride - n_col_blocks, n_col_blocks, split_stride,
+                n_splits, scale_ptr + n_out, logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, MODE,
+                BLOCK_SPLITS, BLOCK_COL_BLOCKS,
+            )  # fmt: skip
     if STATS_OUT:
         gg = _split_sum(partial_ptr + 2 * width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
         tl.store(stats_out_ptr + k, tl.load(stats_out_ptr + k, mask=out_ok) + gg * inv_tokens, mask=out_ok)
@@ -655,15 +671,17 @@ def _coordinate_grads_kernel(
             cos_L2 * own - (a_q * cos_Rk + b_q * sin_Rk),
             mask=ok_k,
         )
-        ok = k < width
-        tl.store(table_grad_ptr + k, tl.sum(value_k * own, 1), mask=ok)
-        tl.store(table_grad_ptr + width + k, -tl.sum(value_q * (G3 * cos_Rq + G4 * sin_Rq), 1), mask=ok)
+        if THETA_L_GRAD:
+            grad_cos_L = tl.sum(value_k * own, 1)
+            grad_sin_L = -tl.sum(value_q * (G3 * cos_Rq + G4 * sin_Rq), 1)
+            _add_angle_grads(theta_L_grad_ptr, theta_L_ptr, entry_L, out_ok, cos_L, sin_L, grad_cos_L, grad_sin_L,
+                             CAYLEY)  # fmt: skip
         # --- k as a column j: rows r of j's block, each with slot t_j = j − start(j) at column j
+        _, cos_Rj, sin_Rj, entry_Rj = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
         if SLOTS == 1:  # diag: r = j, t_j = 0 (the row quantities above)
             grad_cos_R = tl.sum(value_k * (cos_L2 * G1 - a_q), 1)
             grad_sin_R = tl.sum(value_k * (cos_L2 * G2 - b_q), 1)
         else:
-            _, _, _, entry_Rj = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
             ok_r = in_ok[:, None] & (entry_Rj >= 0)[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
             r = _slot_column(k2, t, full, BLOCK_SIZE)
             slot_j = k2 - _slot_column(k2, 0, full, BLOCK_SIZE)
@@ -695,135 +713,60 @@ def _coordinate_grads_kernel(
             value_r = _slot_value(blocks_ptr, tail_ptr, r, slot_j, ok_r, full, BLOCK_SIZE)
             grad_cos_R = tl.sum(value_r * (cos_Lr * G1_r - a_r), 1)
             grad_sin_R = tl.sum(value_r * (cos_Lr * G2_r - b_r), 1)
-        tl.store(table_grad_ptr + 2 * width + k, grad_cos_R, mask=ok)
-        tl.store(table_grad_ptr + 3 * width + k, grad_sin_R, mask=ok)
-    if LOGITS_GRAD or THETA_L_GRAD or THETA_R_GRAD:
-        # one launch fewer: the last program takes the work over all rows and slots. Every program's stores
-        # are ordered before its ticket (a barrier, then a release), the last program's loads after (acquire).
-        tl.debug_barrier()
-        counter = (partial_ptr + n_splits * split_stride).to(tl.pointer_type(tl.int32), bitcast=True)
-        if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-            _slot_grads(
-                scale_ptr, scale_grad_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, n_out, eps,
-                alpha, table_grad_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, theta_L_grad_ptr, pairs_R_ptr,
-                theta_R_ptr, n_R, theta_R_grad_ptr, MODE, LOGITS_GRAD, THETA_L_GRAD, THETA_R_GRAD, CAYLEY, BLOCK_N,
-                BLOCK_S,
-            )  # fmt: skip
+        if THETA_R_GRAD:
+            _add_angle_grads(theta_R_grad_ptr, theta_R_ptr, entry_Rj, in_ok, cos_Rj, sin_Rj, grad_cos_R, grad_sin_R,
+                             CAYLEY)  # fmt: skip
 
 
 @triton.jit
-def _theta_grads(
-    pairs_ptr,
-    theta_ptr,
-    n_slots,
-    grad_cos_ptr,
-    grad_sin_ptr,
-    out_ptr,
-    CAYLEY: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-):
-    """Chain rule from the per-coordinate tables to the angles: ``cos[i] = cos[j]``, ``sin[i] = −sin[j]``."""
-    for start in range(0, n_slots, BLOCK_S):
-        slots = start + tl.arange(0, BLOCK_S)
-        ok = slots < n_slots
-        i = tl.load(pairs_ptr + 2 * slots, mask=ok, other=-1)
-        j = tl.load(pairs_ptr + 2 * slots + 1, mask=ok, other=-1)
-        active = ok & (i >= 0)
-        grad_cos = tl.load(grad_cos_ptr + i, mask=active, other=0.0, cache_modifier=".cg")
-        grad_cos += tl.load(grad_cos_ptr + j, mask=active, other=0.0, cache_modifier=".cg")
-        grad_sin = tl.load(grad_sin_ptr + i, mask=active, other=0.0, cache_modifier=".cg")
-        grad_sin -= tl.load(grad_sin_ptr + j, mask=active, other=0.0, cache_modifier=".cg")
-        theta = tl.load(theta_ptr + slots, mask=ok, other=0.0).to(tl.float32)
-        cos, sin = _cos_sin(theta, CAYLEY)
-        grad = cos * grad_sin - sin * grad_cos
-        if CAYLEY:
-            grad = grad / (1.0 + 0.25 * theta * theta)  # dφ/dθ for φ = 2·atan(θ/2)
-        tl.store(out_ptr + slots, tl.where(active, grad, 0.0), mask=ok)
-
-
-@triton.jit
-def _slot_grads(
-    scale_ptr, scale_grad_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, logits_grad_ptr, n_out, eps, alpha,
-    table_grad_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, theta_L_grad_ptr,
-    pairs_R_ptr, theta_R_ptr, n_R, theta_R_grad_ptr,
-    MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr, THETA_R_GRAD: tl.constexpr,
-    CAYLEY: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr,
+def _logits_grads(
+    k, ok, weighted, s, totals_ptr, n_col_blocks, split_stride, n_splits, magnitude_ptr, logits_ptr, norms_ptr,
+    temp_ptr, out_ptr, eps, alpha, MODE: tl.constexpr, BLOCK_SPLITS: tl.constexpr, BLOCK_COL_BLOCKS: tl.constexpr,
 ):  # fmt: skip
-    """The magnitude logits' gradient (closed form, see ``scale_vjp``) and the angles', in one program.
+    """The magnitude logits' gradient at rows ``k`` (closed form, see ``scale_vjp``) from their
+    ``weighted = Σ_t g ⊙ (y − b) = s ∂L/∂s`` and its total over the included rows.
 
-    Reads what every program of :func:`_coordinate_grads_kernel` wrote (the scale gradient, the table
-    gradients) through L2 (``.cg``), after the ticket that made this program the last one.
+    The total is the sum of the token sums' per-block totals (split-major, one 2-D load), the same sum in
+    every program; ``magnitude_ptr`` holds what the fold wrote: ``E_incl`` and ECD's ``κ``.
     """
-    if LOGITS_GRAD:
-        temperature = tl.load(temp_ptr).to(tl.float32)
-        excluded = tl.zeros((BLOCK_N,), tl.float32)
-        dot = tl.zeros((BLOCK_N,), tl.float32)
-        norm_sq = tl.zeros((BLOCK_N,), tl.float32)
-        for start in range(0, n_out, BLOCK_N):
-            idx = start + tl.arange(0, BLOCK_N)
-            ok = idx < n_out
-            nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-            included = ok & (nu > eps)
-            excluded += tl.where(ok & (nu <= eps), nu * nu, 0.0)
-            grad = tl.where(
-                included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0, cache_modifier=".cg"), 0.0
-            )
-            if MODE == 2:
-                dot += grad * tl.load(scale_ptr + idx, mask=ok, other=0.0)
-            else:
-                gain = tl.where(
-                    included,
-                    1.0
-                    + alpha
-                    * _tanh(tl.load(logits_ptr + idx, mask=ok, other=0.0).to(tl.float32) / temperature),
-                    0.0,
-                )
-                dot += grad * gain
-                norm_sq += nu * nu * gain * gain
-        energy = tl.load(energy_ptr).to(tl.float32) - tl.sum(excluded, 0)
-        total = tl.sum(dot, 0)
-        total_norm_sq = tl.sum(norm_sq, 0)
-        for start in range(0, n_out, BLOCK_N):
-            idx = start + tl.arange(0, BLOCK_N)
-            ok = idx < n_out
-            nu = tl.load(norms_ptr + idx, mask=ok, other=0.0).to(tl.float32)
-            included = ok & (nu > eps)
-            grad = tl.where(
-                included, tl.load(scale_grad_ptr + idx, mask=ok, other=0.0, cache_modifier=".cg"), 0.0
-            )
-            if MODE == 2:
-                s = tl.load(scale_ptr + idx, mask=ok, other=0.0)
-                p = s * s * nu * nu / energy
-                result = (grad * s - p * total) / (2.0 * temperature)
-            else:
-                t = _tanh(tl.load(logits_ptr + idx, mask=ok, other=0.0).to(tl.float32) / temperature)
-                gain = 1.0 + alpha * t
-                kappa = tl.sqrt(energy / total_norm_sq)
-                d_gain = alpha * (1.0 - t * t) / temperature
-                result = d_gain * kappa * (grad - nu * nu * gain * total / total_norm_sq)
-            tl.store(logits_grad_ptr + idx, tl.where(included, result, 0.0), mask=ok)
-    if THETA_L_GRAD:
-        _theta_grads(
-            pairs_L_ptr,
-            theta_L_ptr,
-            n_L,
-            table_grad_ptr,
-            table_grad_ptr + width,
-            theta_L_grad_ptr,
-            CAYLEY,
-            BLOCK_S,
-        )
-    if THETA_R_GRAD:
-        _theta_grads(
-            pairs_R_ptr,
-            theta_R_ptr,
-            n_R,
-            table_grad_ptr + 2 * width,
-            table_grad_ptr + 3 * width,
-            theta_R_grad_ptr,
-            CAYLEY,
-            BLOCK_S,
-        )
+    splits = tl.arange(0, BLOCK_SPLITS)[:, None]
+    blocks = tl.arange(0, BLOCK_COL_BLOCKS)[None, :]
+    totals = tl.load(
+        totals_ptr + splits * split_stride + blocks,
+        mask=(splits < n_splits) & (blocks < n_col_blocks),
+        other=0.0,
+    )
+    total = tl.sum(tl.sum(totals, 1), 0)
+    temperature = tl.load(temp_ptr).to(tl.float32)
+    energy = tl.load(magnitude_ptr)
+    nu = tl.load(norms_ptr + k, mask=ok, other=0.0).to(tl.float32)
+    if MODE == 2:  # OER: (s ∂L/∂s − p Σ_j s_j ∂L/∂s_j) / 2T with p = s² ν² / E_incl
+        result = (weighted - s * s * nu * nu / energy * total) / (2.0 * temperature)
+    else:  # ECD, s = gain κ: gain' κ (∂L/∂s − ν² gain Σ_j gain_j ∂L/∂s_j / Σ_j ν_j² gain_j²)
+        kappa = tl.load(magnitude_ptr + 1)
+        t = _tanh(tl.load(logits_ptr + k, mask=ok, other=0.0).to(tl.float32) / temperature)
+        d_gain = alpha * (1.0 - t * t) / temperature
+        # Σ_j gain_j ∂L/∂s_j = total / κ and Σ_j ν_j² gain_j² = E_incl / κ²
+        result = d_gain * kappa * (weighted / s - nu * nu * (1.0 + alpha * t) * total * kappa / energy)
+    tl.store(out_ptr + k, tl.where(ok & (nu > eps), result, 0.0), mask=ok)
+
+
+@triton.jit
+def _add_angle_grads(grad_ptr, theta_ptr, entry, ok, cos, sin, grad_cos, grad_sin, CAYLEY: tl.constexpr):
+    """Add coordinates' shares of their slots' angle gradients (``entry`` = 2·slot + position, ``-1`` unpaired).
+
+    A slot ``(i, j)`` has ``cos[i] = cos[j]`` and ``sin[i] = −sin[j]`` (``sin`` here is the coordinate's signed
+    one), so ``∂L/∂φ = cos (∂sin[i] − ∂sin[j]) − sin (∂cos[i] + ∂cos[j])`` is one share per coordinate. Exactly
+    two adds land on each slot, zeroed by the token sums: ``0 + a + b`` is the same in either order.
+    """
+    rotated = ok & (entry >= 0)
+    slot = tl.where(rotated, entry // 2, 0)
+    share = cos * grad_sin - sin * grad_cos
+    share = tl.where(entry % 2 == 0, share, -share)
+    if CAYLEY:  # dφ/dθ for φ = 2·atan(θ/2)
+        theta = tl.load(theta_ptr + slot, mask=rotated, other=0.0).to(tl.float32)
+        share = share / (1.0 + 0.25 * theta * theta)
+    tl.atomic_add(grad_ptr + slot, share, mask=rotated, sem="relaxed")
 
 
 @functools.lru_cache(maxsize=256)
@@ -867,11 +810,16 @@ def _token_sums(
     stats_out: bool,
     stats_in: bool,
     g_sum: bool,
-) -> tuple[torch.Tensor, int, int]:
+    row_total: tuple[torch.Tensor | None, torch.Tensor, float] | None = None,
+    zeroed: tuple[torch.Tensor, int] | None = None,
+) -> tuple[torch.Tensor, int, int, int]:
     """Launch :func:`_token_sums_kernel` over 2-D ``g`` [T, n], ``y`` [T, n] (or ``None``), ``x`` [T, m]
-    (``g_sum``: also ``Σg``, for a bias).
+    (``g_sum``: also ``Σg``, for a bias; ``row_total``: ``(bias, row norms, eps)`` for the per-block totals of
+    ``Σ g (y − b)`` over the included rows; ``zeroed``: ``(tensor, count)``, whose first ``count`` values the
+    kernel zeroes: the angle gradients that the per-coordinate kernel accumulates).
 
-    Returns ``(partial, splits, split_stride)``: per split of tokens, the rows described in the kernel.
+    Returns ``(partial, splits, split_stride, col_blocks)``: per split of tokens, the rows described in the
+    kernel (the per-block totals last).
     """
     g, x = g.contiguous(), x.contiguous()
     y_or_g = y.contiguous() if y is not None else g
@@ -883,17 +831,19 @@ def _token_sums(
     splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps = _token_sum_geometry(
         tokens, width, block_size, entries
     )
-    split_stride = (_N_COLUMN_SUMS + slots) * width + entries
-    partial = torch.empty(splits * split_stride + 1, dtype=torch.float32, device=g.device)  # + a counter
+    split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
+    partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
+    bias, norms, eps = row_total if row_total is not None else (None, None, 0.0)
+    zero_ptr, n_zero = zeroed if zeroed is not None else (None, 0)
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
-        HAS_Y=y is not None, G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
+        bias, norms, eps, zero_ptr, n_zero,
+        HAS_Y=y is not None, G_SUM=g_sum, HAS_BIAS=bias is not None, ROW_TOTAL=row_total is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
-        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, TILES=COLUMN_TILES,
-        STAGES=COLUMN_STAGES, num_warps=warps,
+        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
     )  # fmt: skip
-    return partial, splits, split_stride
+    return partial, splits, split_stride, col_blocks
 
 
 def column_sums_triton(
@@ -909,12 +859,12 @@ def column_sums_triton(
     n_in = x.shape[1] if x is not None else 0
     no_pairs = torch.empty(0, 2, dtype=torch.int64, device=grad.device)
     no_angles = torch.empty(0, dtype=torch.float32, device=grad.device)
-    partial, splits, split_stride = _token_sums(
+    partial, splits, split_stride, _ = _token_sums(
         grad, out, x if x is not None else grad, no_pairs, no_pairs, no_angles, n_diag, n_diag, 1,
         x is not None and n_diag > 0, stats, stats and x is not None, True,
     )  # fmt: skip
     width = max(n_out, n_in)
-    total = partial[: splits * split_stride].view(splits, split_stride).sum(0)  # (the ticket counter follows)
+    total = partial.view(splits, split_stride).sum(0)
     return {
         "g_y": total[:n_out],
         "g": total[width : width + n_out],
@@ -986,7 +936,8 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()
         folded = torch.empty_like(weight)
-        scale = torch.empty(n, dtype=torch.float32, device=x.device) if mode >= _OER else scale_or_logits
+        # s, then E_incl and ECD's κ for the backward (written by the fold)
+        scale = torch.empty(n + 2, dtype=torch.float32, device=x.device) if mode >= _OER else scale_or_logits
         logits = scale_or_logits if mode >= _OER else None
         offset = config["offset"]
         blocks, tail = _core_pointers(core_values)
@@ -1000,7 +951,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             config["eps"], config["alpha"],
             MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
-            BLOCK_S=_SLOT_BLOCK, STAGES=FOLD_STAGES, num_warps=FOLD_WARPS,
+            BLOCK_S=_SLOT_BLOCK, num_warps=FOLD_WARPS,
         )  # fmt: skip
         if linear:
             out = torch.nn.functional.linear(x, folded, bias)
@@ -1041,33 +992,35 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         g = _as_2d(grad_out, n)
         tokens = g.shape[0]
         width = max(n, m)
-        partial, splits, split_stride = _token_sums(
-            g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
-            full, b, params, stats_out is not None, stats_in is not None, needs[3] or (scale_grad and bias is not None),
-        )  # fmt: skip
-        # one small fp32 workspace for the table gradients and the gradient vectors (kept by .grad); the flat
-        # core gradient is the blocks ([full, b] row-major), then the tail (never empty: n_diag ≥ 1, so its
-        # pointer is never null)
-        sizes = (4 * width, full * b + n_diag - full, n, n, n, pairs_L.shape[0], pairs_R.shape[0])
+        # one small fp32 workspace for the gradient vectors (kept by .grad): the angle gradients first (the
+        # token sums zero them), the flat core gradient (the blocks, [full, b] row-major, then the tail; never
+        # empty: n_diag ≥ 1, so its pointer is never null), the bias, scale and logits gradients
+        n_L, n_R = pairs_L.shape[0], pairs_R.shape[0]
+        sizes = (n_L, n_R, full * b + n_diag - full, n, n, n)
         workspace = torch.empty(sum(sizes), dtype=torch.float32, device=x.device)
-        table_grads, core_grad, bias_grad, scale_grad_buf, logits_grad, theta_L_grad, theta_R_grad = (
+        theta_L_grad, theta_R_grad, core_grad, bias_grad, scale_grad_buf, logits_grad = (
             torch.split_with_sizes(workspace, sizes)  # the op itself: Tensor.split's wrapper costs more
         )
+        logits_grads = scale_grad and mode >= _OER
+        partial, splits, split_stride, col_blocks = _token_sums(
+            g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
+            full, b, params, stats_out is not None, stats_in is not None, needs[3] or (scale_grad and bias is not None),
+            (bias, config["norms"], config["eps"]) if logits_grads else None, (workspace, n_L + n_R),
+        )  # fmt: skip
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block = max(4, _COORDINATE_BLOCK // slots)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
-            1.0 / max(tokens, 1), blocks, tail, core_grad, table_grads, pairs_L, theta_L, pairs_L.shape[0],
-            pairs_R, theta_R, pairs_R.shape[0], n, m, n_diag, full, scale_or_logits, config["norms"],
-            config["energy"], config["temperature"], logits_grad, config["eps"], config["alpha"],
-            theta_L_grad, theta_R_grad,
+            1.0 / max(tokens, 1), blocks, tail, core_grad, col_blocks, pairs_L, theta_L, n_L, pairs_R, theta_R,
+            n_R, n, m, n_diag, full, scale_or_logits, config["norms"], config["temperature"], logits_grad,
+            config["eps"], config["alpha"], theta_L_grad, theta_R_grad,
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
             BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
-            MODE=mode, LOGITS_GRAD=scale_grad and mode >= _OER, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
-            BLOCK_N=SLOT_GRADS_BLOCK_N,
+            MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
+            BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks),
         )  # fmt: skip
         if config["on_backward"] is not None:
             config["on_backward"]()
