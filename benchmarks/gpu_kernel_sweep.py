@@ -26,7 +26,9 @@ VARIANTS: list[dict] = [
     {"_COORDINATE_BLOCK": 32},
     {"_COORDINATE_BLOCK": 64},
     {"TOKENS_PER_SPLIT": 256},
-    {"TOKENS_PER_SPLIT": 64, "MAX_SPLITS": 128},
+    {"FOLD_BLOCKS": {"linear": (8, 512), "conv1d": (64, 64)}},
+    {"FOLD_BLOCKS": {"linear": (8, 1024), "conv1d": (64, 64)}, "FOLD_WARPS": 4},
+    {"FOLD_WARPS": 4},
     {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 32},
 ]
 

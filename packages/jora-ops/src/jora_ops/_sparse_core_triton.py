@@ -834,7 +834,7 @@ def _token_sums(
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
     partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
     bias, norms, eps = row_total if row_total is not None else (None, None, 0.0)
-    zero_ptr, n_zero = zeroed if zeroed is not None else (None, 0)
+    zero_ptr, n_zero = zeroed if zeroed is not None else (partial, 0)  # (a pointer even with nothing to zero)
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
