@@ -22,14 +22,15 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"_COORDINATE_BLOCK": 8},
-    {"_COORDINATE_BLOCK": 32},
-    {"_COORDINATE_BLOCK": 64},
+    {"COLUMN_TMA": False},
+    {"TMA_STAGES": 2},
+    {"TMA_STAGES": 4},
+    {"TMA_TOKEN_SUM_BLOCKS": (128, 32)},
+    {"TMA_TOKEN_SUM_BLOCKS": (64, 32)},
+    {"TMA_TOKEN_SUM_BLOCKS": (256, 16), "TMA_TOKEN_SUM_WARPS": 8},
+    {"TMA_TOKEN_SUM_BLOCKS": (128, 8), "TMA_TOKEN_SUM_WARPS": 2},
     {"TOKENS_PER_SPLIT": 256},
-    {"FOLD_BLOCKS": {"linear": (8, 512), "conv1d": (64, 64)}},
-    {"FOLD_BLOCKS": {"linear": (8, 1024), "conv1d": (64, 64)}, "FOLD_WARPS": 4},
-    {"FOLD_WARPS": 4},
-    {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 32},
+    {"TOKENS_PER_SPLIT": 512, "TMA_STAGES": 4},
 ]
 
 

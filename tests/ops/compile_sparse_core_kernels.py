@@ -21,6 +21,7 @@ from triton.compiler import ASTSource
 from jora_ops import _sparse_core_triton as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
+_NO_TMA = {"TMA": False, "STAGES": 1, "g_desc": None, "y_desc": None, "x_desc": None}
 _FLOAT_ARGS = {"eps", "alpha", "inv_tokens"}
 _INT64_POINTERS = {"pairs_L_ptr", "pairs_R_ptr"}
 _BF16_POINTERS = {"w_ptr", "folded_ptr", "g_ptr", "y_ptr", "x_ptr", "bias_ptr"}
@@ -31,6 +32,8 @@ def _signature(fn: Any, constexprs: dict[str, Any]) -> dict[str, str]:
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name.endswith("_desc"):  # TMA descriptors: bf16 tiles of the column programs
+            signature[name] = f"tensordesc<bf16[{constexprs['BLOCK_T']}, {constexprs['BLOCK_C']}]>"
         elif name in _INT64_POINTERS:
             signature[name] = "*i64"
         elif name in _BF16_POINTERS:
@@ -54,11 +57,19 @@ def _resources(cubin: bytes) -> str:
 
 
 def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> str:
-    """Compile one variant; returns its resource line."""
+    """Compile one variant; returns its resource line. Pointers and integers are marked 16-divisible, as the
+    launcher specialises them at run time (aligned tensors, d a multiple of 16): the vector widths, and the
+    pipelining they allow, are those of the GPU run."""
+    signature = _signature(fn, constexprs)
     source = ASTSource(
         fn=fn,
-        signature=_signature(fn, constexprs),
+        signature=signature,
         constexprs={(fn.arg_names.index(name),): value for name, value in constexprs.items()},
+        attrs={
+            (i,): [["tt.divisibility", 16]]
+            for i, name in enumerate(fn.arg_names)
+            if signature[name] in ("i32", "*fp32", "*bf16", "*i64")
+        },
     )
     compiled = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
     return _resources(compiled.asm["cubin"])
@@ -79,17 +90,22 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
         rows, cols = kernels.FOLD_BLOCKS["linear"]
         common = {"BLOCK_SIZE": b, "SLOTS": slots, "BLOCK_S": 32}
         out.append((f"fold b={b}", kernels._fold_kernel, {**common, "MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
-                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK}, kernels.FOLD_WARPS))  # fmt: skip
+                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1}, kernels.FOLD_WARPS))  # fmt: skip
         out.append((f"token sums b={b}", kernels._token_sums_kernel, {**common, "HAS_Y": True, "G_SUM": True, "HAS_BIAS": True, "ROW_TOTAL": True, "PARAMS": True,
                     "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
-                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
+                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, **_NO_TMA}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
         out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
                     "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "PARAMS": True, "STATS_OUT": True,
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": max(4, 64 // slots), "BLOCK_SPLITS": 64, "MODE": 3,
                     "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, 4))  # fmt: skip
     out.append(("column sums (no params)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
                 "HAS_Y": True, "G_SUM": True, "HAS_BIAS": False, "ROW_TOTAL": False, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True, "OUTER": False,
-                "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS))  # fmt: skip
+                "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, **_NO_TMA}, kernels.TOKEN_SUM_WARPS))  # fmt: skip
+    block_c, block_t = kernels.TMA_TOKEN_SUM_BLOCKS
+    out.append(("token sums b=1 (TMA)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32, "HAS_Y": True,
+                "G_SUM": True, "HAS_BIAS": True, "ROW_TOTAL": True, "PARAMS": True, "STATS_OUT": True, "STATS_IN": True,
+                "OUTER": False, "BLOCK_T": block_t, "BLOCK_C": block_c, "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK,
+                "UNROLL": kernels.TOKEN_SUM_UNROLL, "TMA": True, "STAGES": kernels.TMA_STAGES}, kernels.TMA_TOKEN_SUM_WARPS))  # fmt: skip
     return out
 
 
