@@ -22,15 +22,9 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"COLUMN_TMA": False},
-    {"TMA_STAGES": 2},
-    {"TMA_STAGES": 4},
-    {"TMA_TOKEN_SUM_BLOCKS": (128, 32)},
-    {"TMA_TOKEN_SUM_BLOCKS": (64, 32)},
-    {"TMA_TOKEN_SUM_BLOCKS": (256, 16), "TMA_TOKEN_SUM_WARPS": 8},
-    {"TMA_TOKEN_SUM_BLOCKS": (128, 8), "TMA_TOKEN_SUM_WARPS": 2},
+    {"_COORDINATE_BLOCK": 8},
     {"TOKENS_PER_SPLIT": 256},
-    {"TOKENS_PER_SPLIT": 512, "TMA_STAGES": 4},
+    {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 32},
 ]
 
 

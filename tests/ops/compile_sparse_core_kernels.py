@@ -21,7 +21,6 @@ from triton.compiler import ASTSource
 from jora_ops import _sparse_core_triton as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
-_NO_TMA = {"TMA": False, "STAGES": 1, "g_desc": None, "y_desc": None, "x_desc": None}
 _FLOAT_ARGS = {"eps", "alpha", "inv_tokens"}
 _INT64_POINTERS = {"pairs_L_ptr", "pairs_R_ptr"}
 _BF16_POINTERS = {"w_ptr", "folded_ptr", "g_ptr", "y_ptr", "x_ptr", "bias_ptr"}
@@ -32,8 +31,6 @@ def _signature(fn: Any, constexprs: dict[str, Any]) -> dict[str, str]:
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
-        elif name.endswith("_desc"):  # TMA descriptors: bf16 tiles of the column programs
-            signature[name] = f"tensordesc<bf16[{constexprs['BLOCK_T']}, {constexprs['BLOCK_C']}]>"
         elif name in _INT64_POINTERS:
             signature[name] = "*i64"
         elif name in _BF16_POINTERS:
@@ -93,19 +90,14 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
                     "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1}, kernels.FOLD_WARPS))  # fmt: skip
         out.append((f"token sums b={b}", kernels._token_sums_kernel, {**common, "HAS_Y": True, "G_SUM": True, "HAS_BIAS": True, "ROW_TOTAL": True, "PARAMS": True,
                     "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
-                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, **_NO_TMA}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
+                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
         out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
                     "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "PARAMS": True, "STATS_OUT": True,
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": max(4, 64 // slots), "BLOCK_SPLITS": 64, "MODE": 3,
                     "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, 4))  # fmt: skip
     out.append(("column sums (no params)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
                 "HAS_Y": True, "G_SUM": True, "HAS_BIAS": False, "ROW_TOTAL": False, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True, "OUTER": False,
-                "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, **_NO_TMA}, kernels.TOKEN_SUM_WARPS))  # fmt: skip
-    block_c, block_t = kernels.TMA_TOKEN_SUM_BLOCKS
-    out.append(("token sums b=1 (TMA)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32, "HAS_Y": True,
-                "G_SUM": True, "HAS_BIAS": True, "ROW_TOTAL": True, "PARAMS": True, "STATS_OUT": True, "STATS_IN": True,
-                "OUTER": False, "BLOCK_T": block_t, "BLOCK_C": block_c, "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK,
-                "UNROLL": kernels.TOKEN_SUM_UNROLL, "TMA": True, "STAGES": kernels.TMA_STAGES}, kernels.TMA_TOKEN_SUM_WARPS))  # fmt: skip
+                "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS))  # fmt: skip
     return out
 
 

@@ -40,11 +40,6 @@ import triton.language as tl
 
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
-try:  # host-side TMA descriptors (triton >= 3.3); without them the column programs load through pointers
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover - older triton
-    TensorDescriptor = None
-
 if TYPE_CHECKING:
     from jora_ops.fused import Magnitude  # fused imports this module lazily: no cycle at run time
 
@@ -75,11 +70,6 @@ TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
 TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
-# the diag core's column programs through TMA descriptors (Hopper and newer): (coordinates, tokens) per tile,
-# warps, and the depth of the pipelined loop
-COLUMN_TMA = True
-TMA_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
-TMA_TOKEN_SUM_WARPS, TMA_STAGES = 4, 3
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
@@ -380,14 +370,14 @@ def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_out
 
 @triton.jit
 def _token_sums_kernel(
-    g_ptr, y_ptr, x_ptr, g_desc, y_desc, x_desc, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
+    g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
     bias_ptr, norms_ptr, eps, theta_grads_ptr, n_theta,
     HAS_Y: tl.constexpr, G_SUM: tl.constexpr, HAS_BIAS: tl.constexpr, ROW_TOTAL: tl.constexpr,
     PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
     STATS_IN: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TE: tl.constexpr, BLOCK_S: tl.constexpr,
-    UNROLL: tl.constexpr, TMA: tl.constexpr, STAGES: tl.constexpr,
+    UNROLL: tl.constexpr,
 ):  # fmt: skip
     """Partial token sums of one split of tokens (fp32).
 
@@ -399,9 +389,7 @@ def _token_sums_kernel(
     positions of ``ΔW`` that depend on an angle — and gather ``Σ_t g[t, row] x[t, column]`` (after the slot
     sums, ``SLOTS`` per table position: ``G2`` for ``R``'s ``2 S_R`` positions, then ``G3`` and ``G4`` for
     ``L``'s ``2 S_L`` each). They run beside the column programs of the same split, so their gathers mostly
-    hit L2. With ``TMA`` the column programs load ``[BLOCK_T, BLOCK_C]`` tiles through the tensor descriptors
-    (``*_desc``: bulk asynchronous copies, out-of-bounds rows and columns read as zeros) in a loop that the
-    compiler pipelines ``STAGES`` deep.
+    hit L2.
 
     With ``ROW_TOTAL`` each column program also writes ``Σ_k Σ_t g (y − b)`` over its included rows
     (``ν > eps``) to the split's last ``n_col_blocks`` values: the total that the magnitude logits' gradient
@@ -431,86 +419,63 @@ def _token_sums_kernel(
         acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
-        if TMA:
-            column = block * BLOCK_C
-            for offset in tl.range(0, tokens_per_split, BLOCK_T, num_stages=STAGES):
-                t0 = first + offset
-                g_t = g_desc.load([t0, column])
-                y_t = g_t
-                if HAS_Y:
-                    y_t = y_desc.load([t0, column])
-                x_t = g_t
-                if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
-                    x_t = x_desc.load([t0, column])
-                slot_t = acc_slots
-                if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns
-                    t_ok = (t0 + tl.arange(0, BLOCK_T)) < n_tokens
-                    rows64 = (t0 + tl.arange(0, BLOCK_T))[:, None, None].to(tl.int64)
-                    slot_t = tl.load(
-                        x_ptr + rows64 * stride_x + slot_col[None, :, :],
-                        mask=t_ok[:, None, None] & slot_ok[None, :, :], other=0.0,
-                    )  # fmt: skip
-                acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
-                    g_t, y_t, x_t, slot_t, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                    G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
-                )  # fmt: skip
-        else:
-            for offset in range(0, tokens_per_split, 2 * BLOCK_T):
-                # two token tiles per step, every load of both issued before the first use (Nsight Compute: with
-                # each load next to its use the warps waited at every one of them). Written out for both tiles on
-                # purpose: the same loads through one jit helper compiled differently on the H200 (token sums
-                # 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt). Software pipelining of this loop
-                # (tl.range num_stages: asynchronous copies through shared memory) was slower at every depth
-                # and tile shape tried: 76 -> 88-200 µs at T=8192 (gpu-2026-11-29-h200-v11-sweep.txt)
-                t_a = first + offset + tl.arange(0, BLOCK_T)
-                t_b = t_a + BLOCK_T
-                ok_a = (t_a < n_tokens) & (t_a < first + tokens_per_split)
-                ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
-                ta64 = t_a[:, None].to(tl.int64)
-                tb64 = t_b[:, None].to(tl.int64)
-                g_a = tl.load(
-                    g_ptr + ta64 * stride_g + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
+        for offset in range(0, tokens_per_split, 2 * BLOCK_T):
+            # two token tiles per step, every load of both issued before the first use (Nsight Compute: with
+            # each load next to its use the warps waited at every one of them). Written out for both tiles on
+            # purpose: the same loads through one jit helper compiled differently on the H200 (token sums
+            # 290 -> 319 µs at T=32768, gpu-2026-11-28-h200-v9-sweep.txt). Software pipelining of this loop
+            # (tl.range num_stages: asynchronous copies through shared memory) was slower at every depth
+            # and tile shape tried: 76 -> 88-200 µs at T=8192, and so were TMA descriptor loads in a pipelined
+            # loop: 75 -> 88-158 µs (gpu-2026-11-29-h200-v11-sweep.txt)
+            t_a = first + offset + tl.arange(0, BLOCK_T)
+            t_b = t_a + BLOCK_T
+            ok_a = (t_a < n_tokens) & (t_a < first + tokens_per_split)
+            ok_b = (t_b < n_tokens) & (t_b < first + tokens_per_split)
+            ta64 = t_a[:, None].to(tl.int64)
+            tb64 = t_b[:, None].to(tl.int64)
+            g_a = tl.load(
+                g_ptr + ta64 * stride_g + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
+            )
+            g_b = tl.load(
+                g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+            )
+            y_a = g_a
+            y_b = g_b
+            if HAS_Y:
+                y_a = tl.load(
+                    y_ptr + ta64 * stride_y + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
                 )
-                g_b = tl.load(
-                    g_ptr + tb64 * stride_g + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
+                y_b = tl.load(
+                    y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
                 )
-                y_a = g_a
-                y_b = g_b
-                if HAS_Y:
-                    y_a = tl.load(
-                        y_ptr + ta64 * stride_y + k[None, :], mask=ok_a[:, None] & out_ok[None, :], other=0.0
-                    )
-                    y_b = tl.load(
-                        y_ptr + tb64 * stride_y + k[None, :], mask=ok_b[:, None] & out_ok[None, :], other=0.0
-                    )
-                x_a = g_a
-                x_b = g_b
-                if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
-                    x_a = tl.load(
-                        x_ptr + ta64 * stride_x + k[None, :], mask=ok_a[:, None] & in_ok[None, :], other=0.0
-                    )
-                    x_b = tl.load(
-                        x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
-                    )
-                slot_a = acc_slots
-                slot_b = acc_slots
-                if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
-                    slot_a = tl.load(
-                        x_ptr + ta64[:, :, None] * stride_x + slot_col[None, :, :],
-                        mask=ok_a[:, None, None] & slot_ok[None, :, :], other=0.0,
-                    )  # fmt: skip
-                    slot_b = tl.load(
-                        x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
-                        mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
-                    )  # fmt: skip
-                acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
-                    g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                    G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+            x_a = g_a
+            x_b = g_b
+            if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
+                x_a = tl.load(
+                    x_ptr + ta64 * stride_x + k[None, :], mask=ok_a[:, None] & in_ok[None, :], other=0.0
+                )
+                x_b = tl.load(
+                    x_ptr + tb64 * stride_x + k[None, :], mask=ok_b[:, None] & in_ok[None, :], other=0.0
+                )
+            slot_a = acc_slots
+            slot_b = acc_slots
+            if PARAMS and (SLOTS > 1 and not OUTER):  # other b: gather x at the slot columns (L1 hits)
+                slot_a = tl.load(
+                    x_ptr + ta64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_a[:, None, None] & slot_ok[None, :, :], other=0.0,
                 )  # fmt: skip
-                acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
-                    g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                    G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+                slot_b = tl.load(
+                    x_ptr + tb64[:, :, None] * stride_x + slot_col[None, :, :],
+                    mask=ok_b[:, None, None] & slot_ok[None, :, :], other=0.0,
                 )  # fmt: skip
+            acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
+                g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+            )  # fmt: skip
+            acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
+                g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+            )  # fmt: skip
         ok = k < width
         gy = tl.sum(acc_gy, 0)
         tl.store(base + k, gy, mask=ok)
@@ -806,12 +771,12 @@ def _add_angle_grads(grad_ptr, theta_ptr, entry, ok, cos, sin, grad_cos, grad_si
 
 
 @functools.lru_cache(maxsize=256)
-def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int, tma: bool) -> tuple[int, ...]:
+def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int) -> tuple[int, ...]:
     """``(splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps)`` of a launch of
     :func:`_token_sums_kernel` (pure host arithmetic, cached: it runs on every backward)."""
     b, slots = block_size, _next_power_of_2(block_size)
     outer = 1 < b == slots
-    block_c, block_t = TMA_TOKEN_SUM_BLOCKS if tma else TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
+    block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
     if outer:  # the outer-product accumulator holds block_t × block_c × b values
         block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
     elif b > 1:
@@ -819,7 +784,7 @@ def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int, 
     splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
     tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
     splits = max(1, _cdiv(tokens, tokens_per_split))
-    warps = TMA_TOKEN_SUM_WARPS if tma else TOKEN_SUM_WARPS if b == 1 else BLOCK_TOKEN_SUM_WARPS
+    warps = TOKEN_SUM_WARPS if b == 1 else BLOCK_TOKEN_SUM_WARPS
     return (
         splits,
         tokens_per_split,
@@ -830,30 +795,6 @@ def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int, 
         outer,
         warps,
     )
-
-
-@functools.lru_cache(maxsize=8)
-def _tma_device(device: torch.device) -> bool:
-    """Whether ``device`` has TMA (Hopper and newer). CPU tensors reach the kernels only under the
-    interpreter, which emulates descriptors (how CI tests this path)."""
-    return device.type != "cuda" or torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def _tma_loads(*tensors: torch.Tensor) -> bool:
-    """Whether the column programs load these contiguous 2-D tensors through TMA descriptors: the knob, a
-    triton with host descriptors, the device, and 16-byte aligned bases and rows."""
-    return (
-        COLUMN_TMA
-        and TensorDescriptor is not None
-        and tensors[0].shape[0] > 0
-        and _tma_device(tensors[0].device)
-        and all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in tensors)
-    )
-
-
-def _descriptor(tensor: torch.Tensor, block_t: int, block_c: int) -> Any:
-    """A TMA descriptor of contiguous 2-D ``tensor`` with ``[block_t, block_c]`` tiles."""
-    return TensorDescriptor(tensor, list(tensor.shape), [tensor.stride(0), 1], [block_t, block_c])
 
 
 def _token_sums(
@@ -888,31 +829,20 @@ def _token_sums(
     width = max(n, m)
     slots = _next_power_of_2(block_size)
     entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
-    tma = block_size == 1 and _tma_loads(g, y_or_g, x)
     splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps = _token_sum_geometry(
-        tokens, width, block_size, entries, tma
-    )
-    descriptors = (
-        (
-            _descriptor(g, block_t, block_c),
-            _descriptor(y_or_g, block_t, block_c),
-            _descriptor(x, block_t, block_c),
-        )
-        if tma
-        else (None, None, None)
+        tokens, width, block_size, entries
     )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
     partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
     bias, norms, eps = row_total if row_total is not None else (None, None, 0.0)
     zero_ptr, n_zero = zeroed if zeroed is not None else (partial, 0)  # (a pointer even with nothing to zero)
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
-        g, y_or_g, x, *descriptors, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
+        g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         bias, norms, eps, zero_ptr, n_zero,
         HAS_Y=y is not None, G_SUM=g_sum, HAS_BIAS=bias is not None, ROW_TOTAL=row_total is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
-        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, TMA=tma, STAGES=TMA_STAGES,
-        num_warps=warps,
+        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
     )  # fmt: skip
     return partial, splits, split_stride, col_blocks
 
