@@ -74,7 +74,8 @@ def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> s
 
 def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
     """Every kernel for b = 1 (diag), 3 (gathered slot sums) and 4, 16 (outer-product slot sums), and the
-    token sums without parameters (``column_sums_triton``)."""
+    token sums without parameters (``column_sums_triton``, with the ``None`` pointers of its launch: a
+    ``None`` pointer compiles only where no code that runs can touch it)."""
     out = []
     for b in (1, 3, 4, 16):
         slots = kernels._next_power_of_2(b)
@@ -96,7 +97,7 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": max(4, 64 // slots), "BLOCK_SPLITS": 64, "MODE": 3,
                     "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, 4))  # fmt: skip
     out.append(("column sums (no params)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
-                "HAS_Y": True, "G_SUM": True, "HAS_BIAS": False, "ROW_TOTAL": False, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True, "OUTER": False,
+                "HAS_Y": True, "G_SUM": True, "HAS_BIAS": False, "ROW_TOTAL": False, "bias_ptr": None, "norms_ptr": None, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True, "OUTER": False,
                 "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS))  # fmt: skip
     return out
 
