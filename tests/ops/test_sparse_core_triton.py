@@ -328,3 +328,40 @@ def test_triton_diag_scale_matches_compute_scale_at_zero_and_nonzero_logits() ->
             )  # fmt: skip
             expected_scale = compute_scale(kind, nu, (nu**2).sum(), logits, 0.7, 1e-8, 0.3)
             torch.testing.assert_close(out.cpu(), (weight * expected_scale[:, None]).T, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("core", "block_size", "magnitude_kind"), [("diag", 1, "oer_softmax"), ("block", 4, "ecd_tanh")]
+)
+def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: str, block_size: int,
+                                         magnitude_kind: str) -> None:  # fmt: skip
+    """Every buffer from ``torch.empty``/``empty_like`` starts as NaN here, and the gradients still match the
+    torch path: the kernels never read a value they did not write in the same call (the angle gradients are
+    accumulated on a zero that the token sums write, the logits' gradient reads the token sums' per-block
+    totals and the fold's ``E_incl``/``κ`` behind the scale, the folded weight is written in full)."""
+    for name in ("empty", "empty_like"):
+        allocate = getattr(torch, name)
+
+        def poisoned(*args: object, _allocate=allocate, **kwargs: object) -> torch.Tensor:
+            out = _allocate(*args, **kwargs)
+            return out.fill_(float("nan")) if out.is_floating_point() else out
+
+        monkeypatch.setattr(torch, name, poisoned)
+    n, m, slots = 70, 52, 9
+    gen = torch.Generator().manual_seed(block_size)
+    x = torch.randn(300, m, generator=gen)
+    weight = torch.randn(n, m, generator=gen) / m**0.5
+    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
+    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
+    d = min(n, m)
+    if core == "diag":
+        spec, values = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
+    else:
+        spec = CoreSpec("block", n, m, block_size=block_size)
+        values = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
+                  "tail": torch.randn(d % block_size, generator=gen)}  # fmt: skip
+    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
+              "logits": torch.randn(n, generator=gen), **values}  # fmt: skip
+    _assert_triton_matches_torch_path(
+        x, weight, spec, tuple(values), leaves, pairs_L, pairs_R, magnitude_kind, 0.8
+    )
