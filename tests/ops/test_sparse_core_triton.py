@@ -365,3 +365,46 @@ def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: 
     _assert_triton_matches_torch_path(
         x, weight, spec, tuple(values), leaves, pairs_L, pairs_R, magnitude_kind, 0.8
     )
+
+
+@pytest.mark.parametrize("frozen", ["theta_L", "theta_R", "core", "logits"])
+@pytest.mark.parametrize("block_size", [1, 3])
+def test_triton_gradients_with_a_frozen_leaf(frozen: str, block_size: int) -> None:
+    """A leaf without ``requires_grad`` gets no gradient and the others still match the torch path (the
+    kernels specialise on which gradients are needed, e.g. skip the columns' pass without θ_R)."""
+    n, m, slots = 23, 17, 5
+    gen = torch.Generator().manual_seed(block_size)
+    x = torch.randn(90, m, generator=gen)
+    weight = torch.randn(n, m, generator=gen) / m**0.5
+    nu = weight.norm(dim=1)
+    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2).to(DEVICE)
+    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2).to(DEVICE)
+    d = min(n, m)
+    spec = CoreSpec("diag" if block_size == 1 else "block", n, m, block_size=block_size)
+    core = (
+        (torch.randn(d, generator=gen),)
+        if block_size == 1
+        else (
+            torch.randn(d // block_size, block_size, block_size, generator=gen),
+            torch.randn(d % block_size, generator=gen),
+        )
+    )
+    base = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
+            "logits": torch.randn(n, generator=gen)}  # fmt: skip
+    results = {}
+    for impl in ("torch", "triton"):
+        leaves = {k: v.to(DEVICE).clone().requires_grad_(k != frozen) for k, v in base.items()}
+        core_leaves = tuple(v.to(DEVICE).clone().requires_grad_(frozen != "core") for v in core)
+        magnitude = Magnitude("oer_softmax", leaves["logits"], nu.to(DEVICE), (nu**2).sum().to(DEVICE), 0.9)
+        out = jora_linear(
+            x.to(DEVICE), weight.to(DEVICE), core=spec, core_params=core_leaves, pairs_L=pairs_L,
+            theta_L=leaves["theta_L"], pairs_R=pairs_R, theta_R=leaves["theta_R"], magnitude=magnitude, impl=impl,
+        )  # fmt: skip
+        out.square().sum().backward()
+        results[impl] = {**{k: v.grad for k, v in leaves.items()}, "core": core_leaves[0].grad}
+    for key, expected in results["torch"].items():
+        got = results["triton"][key]
+        if key == frozen:
+            assert got is None and expected is None, key
+        else:
+            assert rel_error(got, expected) < 1e-5, key

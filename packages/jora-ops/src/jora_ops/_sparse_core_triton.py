@@ -680,46 +680,43 @@ def _coordinate_grads_kernel(
             grad_sin_L = -tl.sum(value_q * (G3 * cos_Rq + G4 * sin_Rq), 1)
             _add_angle_grads(theta_L_grad_ptr, theta_L_ptr, entry_L, out_ok, cos_L, sin_L, grad_cos_L, grad_sin_L,
                              CAYLEY)  # fmt: skip
-        # --- k as a column j: rows r of j's block, each with slot t_j = j − start(j) at column j
-        _, cos_Rj, sin_Rj, entry_Rj = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
-        if SLOTS == 1:  # diag: r = j, t_j = 0 (the row quantities above)
-            grad_cos_R = tl.sum(value_k * (cos_L2 * G1 - a_q), 1)
-            grad_sin_R = tl.sum(value_k * (cos_L2 * G2 - b_q), 1)
-        else:
-            ok_r = in_ok[:, None] & (entry_Rj >= 0)[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
-            r = _slot_column(k2, t, full, BLOCK_SIZE)
-            slot_j = k2 - _slot_column(k2, 0, full, BLOCK_SIZE)
-            q_r, cos_Lr, sin_Lr, entry_Lr = _lookup_2d(
-                r, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S, BLOCK, SLOTS
-            )
-            if HAS_SCALE:
-                s_r = tl.load(scale_ptr + r, mask=ok_r, other=1.0).to(tl.float32)
-                s_qr = tl.load(scale_ptr + q_r, mask=ok_r, other=1.0).to(tl.float32)
+        if THETA_R_GRAD:  # only the angles of R need k as a column
+            # k as a column j: rows r of j's block, each with slot t_j = j − start(j) at column j
+            _, cos_Rj, sin_Rj, entry_Rj = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+            if SLOTS == 1:  # diag: r = j, t_j = 0 (the row quantities above)
+                grad_cos_R = tl.sum(value_k * (cos_L2 * G1 - a_q), 1)
+                grad_sin_R = tl.sum(value_k * (cos_L2 * G2 - b_q), 1)
             else:
-                s_r = r.to(tl.float32) * 0.0 + 1.0
-                s_qr = s_r
-            G1_r = (
-                _split_sum_2d(
-                    slot_sums, r * SLOTS + slot_j, ok_r, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS
+                ok_r = in_ok[:, None] & (entry_Rj >= 0)[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
+                r = _slot_column(k2, t, full, BLOCK_SIZE)
+                slot_j = k2 - _slot_column(k2, 0, full, BLOCK_SIZE)
+                q_r, cos_Lr, sin_Lr, entry_Lr = _lookup_2d(
+                    r, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S, BLOCK, SLOTS
                 )
-                * s_r
-            )
-            G2_r = _split_sum_2d(
-                g2_ptr, tl.where(ok_r, entry_Rj[:, None] * SLOTS + t, 0), ok_r, split_stride, n_splits,
-                BLOCK_SPLITS, BLOCK, SLOTS,
-            ) * s_r  # fmt: skip
-            of_qr = ok_r & (entry_Lr >= 0)
-            e_qr = tl.where(of_qr, (entry_Lr ^ 1) * SLOTS + slot_j, 0)
-            a_r = _split_sum_2d(g3_ptr, e_qr, of_qr, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
-            b_r = _split_sum_2d(g4_ptr, e_qr, of_qr, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
-            a_r = a_r * s_qr * -sin_Lr
-            b_r = b_r * s_qr * -sin_Lr
-            value_r = _slot_value(blocks_ptr, tail_ptr, r, slot_j, ok_r, full, BLOCK_SIZE)
-            grad_cos_R = tl.sum(value_r * (cos_Lr * G1_r - a_r), 1)
-            grad_sin_R = tl.sum(value_r * (cos_Lr * G2_r - b_r), 1)
-        if THETA_R_GRAD:
-            _add_angle_grads(theta_R_grad_ptr, theta_R_ptr, entry_Rj, in_ok, cos_Rj, sin_Rj, grad_cos_R, grad_sin_R,
-                             CAYLEY)  # fmt: skip
+                if HAS_SCALE:
+                    s_r = tl.load(scale_ptr + r, mask=ok_r, other=1.0).to(tl.float32)
+                    s_qr = tl.load(scale_ptr + q_r, mask=ok_r, other=1.0).to(tl.float32)
+                else:
+                    s_r = r.to(tl.float32) * 0.0 + 1.0
+                    s_qr = s_r
+                G1_r = _split_sum_2d(
+                    slot_sums, r * SLOTS + slot_j, ok_r, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS,
+                ) * s_r  # fmt: skip
+                G2_r = _split_sum_2d(
+                    g2_ptr, tl.where(ok_r, entry_Rj[:, None] * SLOTS + t, 0), ok_r, split_stride, n_splits,
+                    BLOCK_SPLITS, BLOCK, SLOTS,
+                ) * s_r  # fmt: skip
+                of_qr = ok_r & (entry_Lr >= 0)
+                e_qr = tl.where(of_qr, (entry_Lr ^ 1) * SLOTS + slot_j, 0)
+                a_r = _split_sum_2d(g3_ptr, e_qr, of_qr, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+                b_r = _split_sum_2d(g4_ptr, e_qr, of_qr, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
+                a_r = a_r * s_qr * -sin_Lr
+                b_r = b_r * s_qr * -sin_Lr
+                value_r = _slot_value(blocks_ptr, tail_ptr, r, slot_j, ok_r, full, BLOCK_SIZE)
+                grad_cos_R = tl.sum(value_r * (cos_Lr * G1_r - a_r), 1)
+                grad_sin_R = tl.sum(value_r * (cos_Lr * G2_r - b_r), 1)
+            _add_angle_grads(theta_R_grad_ptr, theta_R_ptr, entry_Rj, in_ok, cos_Rj, sin_Rj, grad_cos_R,
+                             grad_sin_R, CAYLEY)  # fmt: skip
 
 
 @triton.jit
