@@ -93,7 +93,7 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
                     "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
                     "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
         out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
-                    "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "PARAMS": True, "STATS_OUT": True,
+                    "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "G_SUM": True, "PARAMS": True, "STATS_OUT": True,
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": max(4, 64 // slots), "BLOCK_SPLITS": 64, "MODE": 3,
                     "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, 4))  # fmt: skip
     out.append(("column sums (no params)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,

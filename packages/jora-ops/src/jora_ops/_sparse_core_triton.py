@@ -574,7 +574,7 @@ def _coordinate_grads_kernel(
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full,
     logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
-    PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
+    G_SUM: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr,
     THETA_R_GRAD: tl.constexpr, BLOCK_COL_BLOCKS: tl.constexpr,
@@ -590,7 +590,9 @@ def _coordinate_grads_kernel(
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
     in_ok = k < n_in
-    if BIAS_GRAD or (SCALE_GRAD and HAS_BIAS):  # the token sums wrote Σg only then
+    if (
+        G_SUM
+    ):  # the token sums wrote Σg (the host asks for it with a bias gradient, or a scale one and a bias)
         g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
     else:
         g_sum = k.to(tl.float32) * 0.0
@@ -840,7 +842,8 @@ def _token_sums(
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         bias, norms, eps, zero_ptr, n_zero,
-        HAS_Y=y is not None, G_SUM=g_sum, HAS_BIAS=bias is not None, ROW_TOTAL=row_total is not None, PARAMS=params, STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
+        HAS_Y=y is not None, G_SUM=g_sum, HAS_BIAS=bias is not None, ROW_TOTAL=row_total is not None, PARAMS=params,
+        STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
         BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
     )  # fmt: skip
@@ -1003,9 +1006,12 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             torch.split_with_sizes(workspace, sizes)  # the op itself: Tensor.split's wrapper costs more
         )
         logits_grads = scale_grad and mode >= _OER
+        g_sum = needs[3] or (
+            scale_grad and bias is not None
+        )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
         partial, splits, split_stride, col_blocks = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
-            full, b, params, stats_out is not None, stats_in is not None, needs[3] or (scale_grad and bias is not None),
+            full, b, params, stats_out is not None, stats_in is not None, g_sum,
             (bias, config["norms"], config["eps"]) if logits_grads else None, (workspace, n_L + n_R),
         )  # fmt: skip
         cayley = config["cayley"]
@@ -1018,7 +1024,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             n_R, n, m, n_diag, full, scale_or_logits, config["norms"], config["temperature"], logits_grad,
             config["eps"], config["alpha"], theta_L_grad, theta_R_grad,
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
-            PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
+            G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
             BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
             BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks),
