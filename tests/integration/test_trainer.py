@@ -63,9 +63,8 @@ def test_trainer_with_gradient_accumulation(arch: str, tmp_path: Path) -> None:
         for key in ("pairs_L", "pairs_R"):
             assert entry[key].flatten().unique().numel() == 8
     adapters = [layer.jora_adapters["default"] for _, layer in iter_jora_layers(model)]
-    assert all(
-        int(a.total_steps) == 16 for a in adapters
-    )  # callback: max_steps × gradient_accumulation_steps
+    # the callback sets max_steps × gradient_accumulation_steps
+    assert all(int(a.total_steps) == 16 for a in adapters)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses[-1] < losses[0]
     assert any(h.get("jora/active_pair_fraction") == 1.0 for h in trainer.state.log_history)
