@@ -88,14 +88,17 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
         rows, cols = kernels.FOLD_BLOCKS["linear"]
         common = {"BLOCK_SIZE": b, "SLOTS": slots, "BLOCK_S": 32}
         out.append((f"fold b={b}", kernels._fold_kernel, {**common, "MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
-                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1}, kernels.FOLD_WARPS))  # fmt: skip
+                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1, "TABLES": True}, kernels.FOLD_WARPS))  # fmt: skip
         out.append((f"token sums b={b}", kernels._token_sums_kernel, {**common, "HAS_Y": True, "G_SUM": True, "HAS_BIAS": True, "ROW_TOTAL": True, "PARAMS": True,
                     "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
                     "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
         out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
                     "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "G_SUM": True, "PARAMS": True, "STATS_OUT": True,
-                    "STATS_IN": True, "CAYLEY": False, "BLOCK": max(4, 64 // slots), "BLOCK_SPLITS": 64, "MODE": 3,
-                    "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, 4))  # fmt: skip
+                    "STATS_IN": True, "CAYLEY": False, "BLOCK": kernels._coordinate_launch(slots)[0], "BLOCK_SPLITS": 64, "MODE": 3,
+                    "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, kernels._coordinate_launch(slots)[1]))  # fmt: skip
+    out.append(("token sums b=1 long splits", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
+                "HAS_Y": True, "G_SUM": False, "HAS_BIAS": False, "ROW_TOTAL": True, "PARAMS": True, "STATS_OUT": False, "STATS_IN": False, "OUTER": False,
+                "BLOCK_T": kernels.LONG_SPLIT_TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.LONG_SPLIT_TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.LONG_SPLIT_TOKEN_SUM_WARPS))  # fmt: skip
     out.append(("column sums (no params)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
                 "HAS_Y": True, "G_SUM": True, "HAS_BIAS": False, "ROW_TOTAL": False, "bias_ptr": None, "norms_ptr": None, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True, "OUTER": False,
                 "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS))  # fmt: skip

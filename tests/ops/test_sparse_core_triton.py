@@ -16,7 +16,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jora_ops import CoreSpec, Magnitude, _dispatch, compute_scale, jora_linear
+from jora_ops import CoreSpec, Magnitude, _dispatch, _sparse_core_triton, compute_scale, jora_linear
 from jora_ops._sparse_core_triton import TRITON_MAX_BLOCK_SIZE
 from jora_reference import adapted_weight, dense_core, dense_rotation, ecd_scale, oer_scale, rel_error
 
@@ -290,6 +290,30 @@ def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(slots: int
     _assert_triton_matches_torch_path(
         x, weight, spec, tuple(core), leaves, pairs_L, pairs_R, "oer_softmax", 1.0
     )
+
+
+@pytest.mark.parametrize("n_out", [45, 83])
+def test_triton_long_split_launch_matches_torch_path(monkeypatch: pytest.MonkeyPatch, n_out: int) -> None:
+    """The diag core's token sums with the long-split launch (16-token tiles on 4 warps, used from
+    ``LONG_SPLIT_TOKENS`` tokens per split: T ≥ 32768 on the GPU), forced here at 600 tokens; more rows than
+    columns and fewer (the fold's rotation tables then loop over the columns past the rows)."""
+    monkeypatch.setattr(_sparse_core_triton, "LONG_SPLIT_TOKENS", 1)
+    _sparse_core_triton._token_sum_geometry.cache_clear()
+    try:
+        assert _sparse_core_triton._token_sum_geometry(600, 64, 1, 0)[3] == 16  # the long-split tiles
+        m, slots = 64, 20
+        gen = torch.Generator().manual_seed(n_out)
+        x = torch.randn(600, m, generator=gen)
+        weight = torch.randn(n_out, m, generator=gen) / m**0.5
+        pairs_L = torch.randperm(n_out, generator=gen)[: 2 * slots].view(slots, 2)
+        pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
+        leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
+                  "logits": torch.randn(n_out, generator=gen), "diag": torch.randn(min(n_out, m), generator=gen)}  # fmt: skip
+        _assert_triton_matches_torch_path(
+            x, weight, CoreSpec("diag", n_out, m), ("diag",), leaves, pairs_L, pairs_R, "oer_softmax", 1.0
+        )
+    finally:
+        _sparse_core_triton._token_sum_geometry.cache_clear()  # no geometry of the patched value stays cached
 
 
 @pytest.mark.parametrize(("n", "m", "block_size"), [(9, 6, 8), (5, 7, 16), (12, 3, 4)])

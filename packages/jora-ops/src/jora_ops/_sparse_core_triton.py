@@ -12,13 +12,14 @@ instead of as dozens of small torch ops:
   normaliser is a reduction over all rows, recomputed per program from L2 instead of costing a launch),
   streams ``s ⊙ W`` into the folded weight as a plain scaled copy (one read and one write of ``W``), then,
   after a barrier, writes ``s ⊙ (W + ΔW)`` at each row's ``≤ 4b`` entries, whose rotation partners it looks
-  up directly in the slot tables (a compare against every slot: no scatter, no dense tables, empty ``-1``
-  slots never match).
+  up directly in the slot tables (a compare against every slot: no scatter, empty ``-1`` slots never
+  match); for the backward it keeps every coordinate's rotation under ``L`` and ``R`` in small dense tables.
 - ``_token_sums_kernel`` (backward): per split of tokens, column programs stream ``g``, ``y`` and ``x`` once
   (``Σg·y``, ``Σg`` with a bias, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
   on an angle.
-- ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
+- ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate,
+  reading each coordinate's rotations from tables that the fold wrote (no compare against every slot)
   (bias, scale, magnitude-logit and core gradients; statistics added to their buffers), and adds each
   coordinate's share of its slots' angle gradients. Its programs are independent: the one global sum of the
   logits' gradient comes from per-block totals that the token sums write, and each angle gradient is the sum
@@ -69,18 +70,35 @@ FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
+# b = 1 with long splits (from this many tokens per split): larger tiles on 4 warps (H200, T=32768, d=4096, 512
+# tokens per split: 291 -> 266 µs; at 128 and 256 tokens per split they were slower, 71 -> 80 µs at T=8192)
+LONG_SPLIT_TOKENS = 512
+LONG_SPLIT_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
+LONG_SPLIT_TOKEN_SUM_WARPS = 4
 TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
 TOKENS_PER_SPLIT, MAX_SPLITS = 128, 64
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
-_COORDINATE_BLOCK = 16
+# coordinates per program and warps of the per-coordinate kernel: b = 1 (H200, T=8192, d=4096, steady state:
+# 16 coordinates on 4 warps 11.9 µs, 8 on one warp 9.0, with the rotation tables 8.7, 4 on one warp 7.6: every
+# reduction inside the warp; 16 on one or two warps spill), and b > 1 (16 // the padded slot count, at least 4)
+COORDINATE_LAUNCH: tuple[int, int] = (4, 1)
+BLOCK_COORDINATE_LAUNCH: tuple[int, int] = (16, 4)
 _SLOT_BLOCK = 32
 
 
 def _next_power_of_2(value: int) -> int:
     return 1 << max(0, value - 1).bit_length()
+
+
+def _coordinate_launch(slots: int) -> tuple[int, int]:
+    """``(coordinates per program, warps)`` of :func:`_coordinate_grads_kernel` for a padded slot count."""
+    if slots == 1:
+        return COORDINATE_LAUNCH
+    block, warps = BLOCK_COORDINATE_LAUNCH
+    return max(4, block // slots), warps
 
 
 @triton.jit
@@ -138,6 +156,41 @@ def _lookup_2d(k, pairs_ptr, theta_ptr, n_slots, CAYLEY: tl.constexpr, BLOCK_S: 
 
 
 @triton.jit
+def _table_rotation(k, tables_ptr, width, SIDE: tl.constexpr):
+    """:func:`_lookup` of coordinates ``k`` (any shape) under side ``SIDE`` (0: ``L``, 1: ``R``), read from the
+    per-coordinate tables that the fold wrote (:func:`_write_rotation_tables`); identity outside them."""
+    ok = (k >= 0) & (k < width)
+    ints = tables_ptr.to(tl.pointer_type(tl.int32))
+    partner = tl.where(ok, tl.load(ints + (2 * SIDE) * width + k, mask=ok, other=0), k)
+    entry = tl.load(ints + (2 * SIDE + 1) * width + k, mask=ok, other=-1)
+    cos = tl.load(tables_ptr + (4 + 2 * SIDE) * width + k, mask=ok, other=1.0)
+    sin = tl.load(tables_ptr + (5 + 2 * SIDE) * width + k, mask=ok, other=0.0)
+    return partner, cos, sin, entry
+
+
+@triton.jit
+def _store_rotation(k, ok, tables_ptr, width, partner, cos, sin, entry, SIDE: tl.constexpr):
+    """Store coordinates ``k``'s rotation under side ``SIDE`` into the per-coordinate tables (``[8, width]``:
+    partner and entry under ``L``, under ``R`` (int32), then cos and sin under ``L``, under ``R``)."""
+    ints = tables_ptr.to(tl.pointer_type(tl.int32))
+    tl.store(ints + (2 * SIDE) * width + k, partner, mask=ok)
+    tl.store(ints + (2 * SIDE + 1) * width + k, entry, mask=ok)
+    tl.store(tables_ptr + (4 + 2 * SIDE) * width + k, cos, mask=ok)
+    tl.store(tables_ptr + (5 + 2 * SIDE) * width + k, sin, mask=ok)
+
+
+@triton.jit
+def _write_rotation_tables(k, tables_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
+                           CAYLEY: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    """Look up coordinates ``k``'s rotations under ``L`` and ``R`` and store them (:func:`_store_rotation`)."""
+    ok = k < width
+    partner, cos, sin, entry = _lookup(k, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+    _store_rotation(k, ok, tables_ptr, width, partner, cos, sin, entry, 0)
+    partner, cos, sin, entry = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
+    _store_rotation(k, ok, tables_ptr, width, partner, cos, sin, entry, 1)
+
+
+@triton.jit
 def _slot_ok(k, t, full, n_diag, BLOCK_SIZE: tl.constexpr):
     """Whether core row ``k`` has slot ``t``: a block row (``k < full``) has ``b``, the remainder diagonal one."""
     return ((k >= 0) & (k < full) & (t < BLOCK_SIZE)) | ((k >= full) & (k < n_diag) & (t == 0))
@@ -164,17 +217,21 @@ def _value_index(k, t, full, BLOCK_SIZE: tl.constexpr):
 
 @triton.jit
 def _row_slots(
-    rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag,
+    rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr, width,
     CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK_S: tl.constexpr,
-    ROWS: tl.constexpr,
+    ROWS: tl.constexpr, FROM_TABLES: tl.constexpr,
 ):  # fmt: skip
     """The geometry of core rows ``k`` (1-D) that the fold and the chain rule share.
 
     Returns ``q = partner_L(k)`` with ``k``'s ``L`` rotation and table entry, ``q`` as a column, and per slot
     ``t`` (``[ROWS, SLOTS]``): whether ``k`` and ``q`` have it, its columns ``col(k, t)``, ``col(q, t)``, and
-    the ``R`` rotation at those columns (partner, cos, sin; the table entry for ``col(k, t)``).
+    the ``R`` rotation at those columns (partner, cos, sin; the table entry for ``col(k, t)``). Rotations are
+    looked up in the pair tables, or with ``FROM_TABLES`` read from the per-coordinate tables.
     """
-    q, cos_L, sin_L, entry_L = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
+    if FROM_TABLES:
+        q, cos_L, sin_L, entry_L = _table_rotation(rows, tables_ptr, width, 0)
+    else:
+        q, cos_L, sin_L, entry_L = _lookup(rows, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S)
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
     q2 = q[:, None]
@@ -182,12 +239,16 @@ def _row_slots(
     ok_q = row_ok[:, None] & _slot_ok(q2, t, full, n_diag, BLOCK_SIZE)
     col_k = _slot_column(k2, t, full, BLOCK_SIZE)
     col_q = _slot_column(q2, t, full, BLOCK_SIZE)
-    partner_k, cos_Rk, sin_Rk, entry_Rk = _lookup_2d(
-        col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
-    )
-    partner_q, cos_Rq, sin_Rq, _ = _lookup_2d(
-        col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
-    )
+    if FROM_TABLES:
+        partner_k, cos_Rk, sin_Rk, entry_Rk = _table_rotation(col_k, tables_ptr, width, 1)
+        partner_q, cos_Rq, sin_Rq, _ = _table_rotation(col_q, tables_ptr, width, 1)
+    else:
+        partner_k, cos_Rk, sin_Rk, entry_Rk = _lookup_2d(
+            col_k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
+        )
+        partner_q, cos_Rq, sin_Rq, _ = _lookup_2d(
+            col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
+        )
     return (
         q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q,
         cos_Rq, sin_Rq,
@@ -254,13 +315,15 @@ def _row_scale(
 def _fold_kernel(
     w_ptr, folded_ptr, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr,
     blocks_ptr, tail_ptr, offset_blocks_ptr, offset_tail_ptr, pairs_L_ptr, theta_L_ptr, n_L,
-    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha,
+    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha, tables_ptr,
     MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr,
+    BLOCK_S: tl.constexpr, TABLES: tl.constexpr,
 ):  # fmt: skip
     """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``, and
-    with a magnitude (program 0) ``E_incl`` and ECD's ``κ`` after it (``scale_out[n:n + 2]``, for the backward).
+    with a magnitude (program 0) ``E_incl`` and ECD's ``κ`` after it (``scale_out[n:n + 2]``, for the backward),
+    and with ``TABLES`` the rotation tables of every coordinate (:func:`_write_rotation_tables`, for the
+    per-coordinate kernel of the backward; the programs share the ``max(n, m)`` coordinates).
 
     Row ``k``'s entries, per slot ``t`` (``q = partner_L(k)``, ``j = col(k, t)``, ``j' = col(q, t)``):
     ``E1`` at ``j``, ``E2`` at ``partner_R(j)``, ``E3`` at ``j'``, ``E4`` at ``partner_R(j')``.
@@ -298,10 +361,10 @@ def _fold_kernel(
     tl.debug_barrier()
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
-    _, cos_L, sin_L, _, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, _, partner_q, cos_Rq, sin_Rq = (
+    q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q, cos_Rq, sin_Rq = (
         _row_slots(
-            rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, CAYLEY,
-            BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK_ROWS,
+            rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, theta_L_ptr,
+            n_out, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK_ROWS, False,
         )
     )  # fmt: skip
     value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
@@ -320,6 +383,18 @@ def _fold_kernel(
                   partner_q, e1, e2, e3, e4)  # fmt: skip
     _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, partner_q, col_k, partner_k, col_q,
                   partner_q, e1, e2, e3, e4)  # fmt: skip
+    if TABLES:
+        width = tl.maximum(n_out, n_in)
+        first = 0
+        if SLOTS == 1:  # b = 1: col(k, 0) = k, so the rows' rotations under both sides are those above
+            _store_rotation(rows, row_ok, tables_ptr, width, q, cos_L, sin_L, entry_L, 0)
+            _store_rotation(rows, row_ok, tables_ptr, width, tl.reshape(partner_k, (BLOCK_ROWS,)),
+                            tl.reshape(cos_Rk, (BLOCK_ROWS,)), tl.reshape(sin_Rk, (BLOCK_ROWS,)),
+                            tl.reshape(entry_Rk, (BLOCK_ROWS,)), 1)  # fmt: skip
+            first = n_out  # the columns past the rows (n < m) are left
+        for start in range(first + tl.program_id(0) * BLOCK_ROWS, width, tl.num_programs(0) * BLOCK_ROWS):
+            _write_rotation_tables(start + tl.arange(0, BLOCK_ROWS), tables_ptr, width, pairs_L_ptr, theta_L_ptr,
+                                   n_L, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)  # fmt: skip
 
 
 @triton.jit
@@ -572,7 +647,7 @@ def _coordinate_grads_kernel(
     partial_ptr, n_splits, split_stride, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
     stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr, n_col_blocks,
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full,
-    logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr,
+    logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr, tables_ptr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
     G_SUM: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -630,8 +705,8 @@ def _coordinate_grads_kernel(
         # G3, G4 of row q; rotation entries are 0 where no rotation touches the row (coefficients vanish)
         q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, _, _, _, cos_Rk, sin_Rk, entry_Rk, _, cos_Rq, sin_Rq = (
             _row_slots(
-                k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, CAYLEY,
-                BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK,
+                k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr,
+                width, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK, True,
             )
         )  # fmt: skip
         s2 = s[:, None]
@@ -684,17 +759,18 @@ def _coordinate_grads_kernel(
                              CAYLEY)  # fmt: skip
         if THETA_R_GRAD:  # only the angles of R need k as a column
             # k as a column j: rows r of j's block, each with slot t_j = j − start(j) at column j
-            _, cos_Rj, sin_Rj, entry_Rj = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
-            if SLOTS == 1:  # diag: r = j, t_j = 0 (the row quantities above)
+            if SLOTS == 1:  # diag: r = j, t_j = 0 (the row quantities above, R's rotation at col(k, 0) = k)
+                cos_Rj = tl.reshape(cos_Rk, (BLOCK,))
+                sin_Rj = tl.reshape(sin_Rk, (BLOCK,))
+                entry_Rj = tl.reshape(entry_Rk, (BLOCK,))
                 grad_cos_R = tl.sum(value_k * (cos_L2 * G1 - a_q), 1)
                 grad_sin_R = tl.sum(value_k * (cos_L2 * G2 - b_q), 1)
             else:
+                _, cos_Rj, sin_Rj, entry_Rj = _table_rotation(k, tables_ptr, width, 1)
                 ok_r = in_ok[:, None] & (entry_Rj >= 0)[:, None] & _slot_ok(k2, t, full, n_diag, BLOCK_SIZE)
                 r = _slot_column(k2, t, full, BLOCK_SIZE)
                 slot_j = k2 - _slot_column(k2, 0, full, BLOCK_SIZE)
-                q_r, cos_Lr, sin_Lr, entry_Lr = _lookup_2d(
-                    r, pairs_L_ptr, theta_L_ptr, n_L, CAYLEY, BLOCK_S, BLOCK, SLOTS
-                )
+                q_r, cos_Lr, sin_Lr, entry_Lr = _table_rotation(r, tables_ptr, width, 0)
                 if HAS_SCALE:
                     s_r = tl.load(scale_ptr + r, mask=ok_r, other=1.0).to(tl.float32)
                     s_qr = tl.load(scale_ptr + q_r, mask=ok_r, other=1.0).to(tl.float32)
@@ -778,15 +854,20 @@ def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int) 
     :func:`_token_sums_kernel` (pure host arithmetic, cached: it runs on every backward)."""
     b, slots = block_size, _next_power_of_2(block_size)
     outer = 1 < b == slots
-    block_c, block_t = TOKEN_SUM_BLOCKS if b == 1 else BLOCK_TOKEN_SUM_BLOCKS
+    splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
+    long_splits = _cdiv(tokens, splits) >= LONG_SPLIT_TOKENS
+    if b > 1:
+        (block_c, block_t), warps = BLOCK_TOKEN_SUM_BLOCKS, BLOCK_TOKEN_SUM_WARPS
+    elif long_splits:
+        (block_c, block_t), warps = LONG_SPLIT_TOKEN_SUM_BLOCKS, LONG_SPLIT_TOKEN_SUM_WARPS
+    else:
+        (block_c, block_t), warps = TOKEN_SUM_BLOCKS, TOKEN_SUM_WARPS
     if outer:  # the outer-product accumulator holds block_t × block_c × b values
         block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
     elif b > 1:
         block_c = max(16, block_c // slots)
-    splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
     tokens_per_split = _cdiv(_cdiv(max(tokens, 1), splits), block_t) * block_t
     splits = max(1, _cdiv(tokens, tokens_per_split))
-    warps = TOKEN_SUM_WARPS if b == 1 else BLOCK_TOKEN_SUM_WARPS
     return (
         splits,
         tokens_per_split,
@@ -904,6 +985,15 @@ def _as_2d(tensor: torch.Tensor, features: int) -> torch.Tensor:
     return tensor if tensor.dim() == 2 else tensor.reshape(-1, features)
 
 
+def _grad_input(
+    grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor, needed: bool
+) -> torch.Tensor | None:
+    """``∂L/∂x = g · diag(s)(W + ΔW)`` through the folded weight (one matmul), in ``x``'s dtype."""
+    if not needed:
+        return None
+    return _cast(grad_out @ folded if linear else grad_out @ folded.T, x.dtype)
+
+
 def _core_grads(flat: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The flat core gradient (the blocks, row-major, then the tail) as tensors shaped like ``values``."""
     if len(values) == 1:  # the diag core: already its shape
@@ -948,14 +1038,19 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
         block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
         block_cols = max(16, block_cols // slots)
+        needs = ctx.needs_input_grad
+        # the rotation tables of the backward's per-coordinate kernel (only read for parameter gradients)
+        tables = None
+        if needs[4] or needs[5] or any(needs[7:]):
+            tables = torch.empty(8 * max(n, m), dtype=torch.float32, device=x.device)
         _fold_kernel[(_cdiv(n, block_rows),)](
             weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
             blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
             pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
-            config["eps"], config["alpha"],
+            config["eps"], config["alpha"], tables,
             MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
-            BLOCK_S=_SLOT_BLOCK, num_warps=FOLD_WARPS,
+            BLOCK_S=_SLOT_BLOCK, TABLES=tables is not None, num_warps=FOLD_WARPS,
         )  # fmt: skip
         if linear:
             out = torch.nn.functional.linear(x, folded, bias)
@@ -964,25 +1059,24 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             if bias is not None:
                 out = out + bias
         ctx.config = config
-        keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
+        keep_out = mode != _NO_SCALE and needs[6]
         ctx.save_for_backward(
             x, folded, bias, theta_R, theta_L, scale_or_logits, scale if mode >= _OER else None,
-            out if keep_out else None, *core_values,
+            out if keep_out else None, tables, *core_values,
         )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         config = ctx.config
-        x, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, *core_values = ctx.saved_tensors
+        x, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, tables, *core_values = (
+            ctx.saved_tensors
+        )
         needs = ctx.needs_input_grad
         mode, n, m = config["mode"], config["n"], config["m"]
         b, slots, full, n_diag = config["block_size"], config["slots"], config["full"], config["n_diag"]
         pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
         linear = config["layout"] == "linear"
-        grad_x = None
-        if needs[1]:
-            grad_x = _cast(grad_out @ folded if linear else grad_out @ folded.T, x.dtype)
         stats_in, stats_out = config["stats_in"], config["stats_out"]
         core_needs = needs[7:]
         params = needs[4] or needs[5] or any(core_needs)
@@ -991,6 +1085,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         if not (params or scale_grad or needs[3] or stats_in is not None or stats_out is not None):
             if config["on_backward"] is not None:
                 config["on_backward"]()
+            grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
             return None, grad_x, None, None, None, None, None, *no_core_grads
 
         g = _as_2d(grad_out, n)
@@ -1009,6 +1104,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         g_sum = needs[3] or (
             scale_grad and bias is not None
         )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
+        grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
         partial, splits, split_stride, col_blocks = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
@@ -1017,17 +1113,17 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
-        block = max(4, _COORDINATE_BLOCK // slots)
+        block, coordinate_warps = _coordinate_launch(slots)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), blocks, tail, core_grad, col_blocks, pairs_L, theta_L, n_L, pairs_R, theta_R,
             n_R, n, m, n_diag, full, scale_or_logits, config["norms"], config["temperature"], logits_grad,
-            config["eps"], config["alpha"], theta_L_grad, theta_R_grad,
+            config["eps"], config["alpha"], theta_L_grad, theta_R_grad, tables,
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
             BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
-            BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks),
+            BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks), num_warps=coordinate_warps,
         )  # fmt: skip
         if config["on_backward"] is not None:
             config["on_backward"]()
