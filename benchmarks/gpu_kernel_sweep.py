@@ -1,7 +1,8 @@
 """Launch-shape sweep of the sparse-core Triton kernels (device tool): device time of each kernel.
 
-python benchmarks/gpu_kernel_sweep.py   (bf16, OER magnitude, S=32 per side; diag and block b=4;
-T = 8192 and 32768 at d = 4096, and T = 8192 at d = 2048)
+python benchmarks/gpu_kernel_sweep.py [cores] [--stats]   (bf16, OER magnitude, S=32 per side; diag and
+block b=4; T = 8192 and 32768 at d = 4096, and T = 8192 at d = 2048; the steady state of the layer table,
+no statistics, unless ``--stats``)
 
 Each row overrides some launch knobs of the module (``VARIANTS``), then reads the per-kernel device time
 from the profiler (10 fwd+bwd). ``python benchmarks/gpu_kernel_sweep.py diag`` sweeps one core. The last
@@ -22,13 +23,16 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"_COORDINATE_BLOCK": 8},
-    {"TOKENS_PER_SPLIT": 256},
-    {"ENTRY_TOKEN_BLOCK": 16, "_ENTRY_BLOCK": 32},
+    {"COORDINATE_LAUNCH": (16, 4)},
+    {"COORDINATE_LAUNCH": (8, 2)},
+    {"COORDINATE_LAUNCH": (16, 2)},
+    {"COORDINATE_LAUNCH": (16, 1)},
+    {"COORDINATE_LAUNCH": (4, 1)},
+    {"LONG_SPLIT_TOKENS": 1 << 30},
 ]
 
 
-def kernel_times(T: int, core: str, d: int, slots: int = 32) -> dict[str, float]:
+def kernel_times(T: int, core: str, d: int, slots: int = 32, stats: bool = False) -> dict[str, float]:
     dev = "cuda"
     x = torch.randn(T, d, device=dev, dtype=torch.bfloat16, requires_grad=True)
     weight = (torch.randn(d, d, device=dev) / d**0.5).to(torch.bfloat16)
@@ -42,13 +46,13 @@ def kernel_times(T: int, core: str, d: int, slots: int = 32) -> dict[str, float]
     logits = torch.randn(d, device=dev, requires_grad=True)
     nu = weight.float().norm(dim=1)
     pairs = [torch.randperm(d, device=dev)[: 2 * slots].view(slots, 2) for _ in range(2)]
-    stats = [torch.zeros(d, device=dev) for _ in range(2)]
+    statistics = [torch.zeros(d, device=dev) if stats else None for _ in range(2)]
 
     def run() -> None:
         out = jora_linear(
             x, weight, core=spec, core_params=params, pairs_L=pairs[0], theta_L=leaves[0],
             pairs_R=pairs[1], theta_R=leaves[1], magnitude=Magnitude("oer_softmax", logits, nu, (nu**2).sum(), 1.0),
-            stats_in=stats[0], stats_out=stats[1], impl="triton",
+            stats_in=statistics[0], stats_out=statistics[1], impl="triton",
         )  # fmt: skip
         out.backward(grad)
 
@@ -97,7 +101,9 @@ def main() -> int:
     kernels = _sparse_core_triton
     seen: set[int] = set()
     defaults = {name: getattr(kernels, name) for variant in VARIANTS for name in variant}
-    cores = sys.argv[1].split(",") if len(sys.argv) > 1 else ["diag", "block"]
+    args = [arg for arg in sys.argv[1:] if arg != "--stats"]
+    stats = "--stats" in sys.argv
+    cores = args[0].split(",") if args else ["diag", "block"]
     shapes = [(8192, 4096), (32768, 4096), (8192, 2048)]
     totals: dict[tuple[str, int, int], list[float]] = {}  # per (core, T, d): each variant's kernel time
     for core in cores:
@@ -106,7 +112,7 @@ def main() -> int:
                 for name, value in defaults.items():
                     setattr(kernels, name, variant.get(name, value))
                 kernels._token_sum_geometry.cache_clear()  # the launch geometry is cached per shape
-                times = kernel_times(T, core, d)
+                times = kernel_times(T, core, d, stats=stats)
                 totals.setdefault((core, T, d), []).append(sum(times.values()))
                 cells = "  ".join(f"{k.strip('_')} {v:7.1f} µs" for k, v in sorted(times.items()))
                 print(f"{core:5s} T={T:6d} d={d} {variant or 'defaults'}: {cells}", flush=True)

@@ -3,7 +3,7 @@
 # layer rows of frozen, LoRA and the JORA diag/block cores at those shapes, with the sweep's best knobs and with
 # the defaults.   bash benchmarks/device/run_checks_sweep_layers.sh   (repository root, $OUT set)
 source benchmarks/device/setup.sh
-JORA_COMPILE=0 timeout 90 python -m pytest -q -x -p no:cacheprovider tests/ops/test_gpu.py tests/ops/test_sparse_core_triton.py -k "gpu or many or scale" > $OUT/pytest.log 2>&1; echo "pytest rc=$?"; tail -2 $OUT/pytest.log
+JORA_COMPILE=0 timeout 80 python -m pytest -q -x -p no:cacheprovider tests/ops/test_gpu.py tests/ops/test_sparse_core_triton.py -k "gpu or many or scale" > $OUT/pytest.log 2>&1; echo "pytest rc=$?"; tail -2 $OUT/pytest.log
 timeout 90 python benchmarks/gpu_determinism_check.py > $OUT/determinism.txt 2>&1; echo "determinism rc=$?"; tail -3 $OUT/determinism.txt
 timeout 200 python benchmarks/gpu_kernel_sweep.py diag > $OUT/sweep.txt 2>&1; echo "sweep rc=$?"
 grep -v -i warn $OUT/sweep.txt | sed -e 's/coordinate_grads_kernel/coord/; s/token_sums_kernel/sums/; s/fold_kernel/fold/' | cut -c1-170
