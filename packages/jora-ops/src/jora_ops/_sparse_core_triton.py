@@ -71,7 +71,7 @@ TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
 TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
 # b = 1 with long splits (from this many tokens per split): larger tiles on 4 warps (H200, T=32768, d=4096, 512
-# tokens per split: 291 -> 266 µs; at 128 and 256 tokens per split they were slower, 71 -> 80 µs at T=8192)
+# tokens per split: 291 -> 258-266 µs; at 128 and 256 tokens per split they were slower, 71 -> 80 µs at T=8192)
 LONG_SPLIT_TOKENS = 512
 LONG_SPLIT_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
 LONG_SPLIT_TOKEN_SUM_WARPS = 4
@@ -361,6 +361,7 @@ def _fold_kernel(
     tl.debug_barrier()
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
+    # looked up here (the fold writes the tables: theta_L and n_out stand in for them, unread)
     q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q, cos_Rq, sin_Rq = (
         _row_slots(
             rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, theta_L_ptr,
