@@ -73,35 +73,35 @@ def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> s
 
 
 def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
-    """Every kernel for b = 1 (diag), 3 (gathered slot sums) and 4, 16 (outer-product slot sums), and the
-    token sums without parameters (``column_sums_triton``, with the ``None`` pointers of its launch: a
-    ``None`` pointer compiles only where no code that runs can touch it)."""
+    """Every kernel for b = 1 (diag), 3 (gathered slot sums) and 4, 16 (outer-product slot sums) with every
+    option on; the diag token sums of the steady state (two accumulators: one warp) and with long splits; and
+    the token sums without parameters (``column_sums_triton``, with the ``None`` pointers of its launch: a
+    ``None`` pointer compiles only where no code that runs can touch it). Launch shapes come from the module's
+    own geometry functions, at T = 8192 (32768 for the long splits) and d = 4096."""
     out = []
+
+    def token_sums(name: str, b: int, tokens: int, more: bool, **flags: Any) -> None:
+        _, _, block_c, block_t, _, _, outer, warps = kernels._token_sum_geometry(tokens, 4096, b, 64, more)
+        out.append((name, kernels._token_sums_kernel, {"BLOCK_SIZE": b, "SLOTS": kernels._next_power_of_2(b),
+                    "BLOCK_S": 32, "HAS_Y": True, "G_SUM": more, "HAS_BIAS": more, "ROW_TOTAL": True, "PARAMS": True,
+                    "STATS_OUT": more, "STATS_IN": more, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
+                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, **flags}, warps))  # fmt: skip
+
     for b in (1, 3, 4, 16):
         slots = kernels._next_power_of_2(b)
-        outer = 1 < b == slots
-        block_c, block_t = kernels.TOKEN_SUM_BLOCKS if b == 1 else kernels.BLOCK_TOKEN_SUM_BLOCKS
-        if outer:
-            block_c = max(b, min(block_c, kernels._OUTER_ACCUMULATOR // (block_t * b)))
-        elif b > 1:
-            block_c = max(16, block_c // slots)
         rows, cols = kernels.FOLD_BLOCKS["linear"]
         common = {"BLOCK_SIZE": b, "SLOTS": slots, "BLOCK_S": 32}
         out.append((f"fold b={b}", kernels._fold_kernel, {**common, "MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
                     "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1, "TABLES": True}, kernels.FOLD_WARPS))  # fmt: skip
-        out.append((f"token sums b={b}", kernels._token_sums_kernel, {**common, "HAS_Y": True, "G_SUM": True, "HAS_BIAS": True, "ROW_TOTAL": True, "PARAMS": True,
-                    "STATS_OUT": True, "STATS_IN": True, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
-                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS if b == 1 else kernels.BLOCK_TOKEN_SUM_WARPS))  # fmt: skip
+        token_sums(f"token sums b={b}", b, 8192, True)
         out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
                     "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "G_SUM": True, "PARAMS": True, "STATS_OUT": True,
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": kernels._coordinate_launch(slots)[0], "BLOCK_SPLITS": 64, "MODE": 3,
                     "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, kernels._coordinate_launch(slots)[1]))  # fmt: skip
-    out.append(("token sums b=1 long splits", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
-                "HAS_Y": True, "G_SUM": False, "HAS_BIAS": False, "ROW_TOTAL": True, "PARAMS": True, "STATS_OUT": False, "STATS_IN": False, "OUTER": False,
-                "BLOCK_T": kernels.LONG_SPLIT_TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.LONG_SPLIT_TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.LONG_SPLIT_TOKEN_SUM_WARPS))  # fmt: skip
-    out.append(("column sums (no params)", kernels._token_sums_kernel, {"BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK_S": 32,
-                "HAS_Y": True, "G_SUM": True, "HAS_BIAS": False, "ROW_TOTAL": False, "bias_ptr": None, "norms_ptr": None, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True, "OUTER": False,
-                "BLOCK_T": kernels.TOKEN_SUM_BLOCKS[1], "BLOCK_C": kernels.TOKEN_SUM_BLOCKS[0], "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL}, kernels.TOKEN_SUM_WARPS))  # fmt: skip
+    token_sums("token sums b=1 steady state", 1, 8192, False)
+    token_sums("token sums b=1 long splits", 1, 32768, False)
+    token_sums("column sums (no params)", 1, 8192, True, HAS_BIAS=False, ROW_TOTAL=False, bias_ptr=None,
+               norms_ptr=None, PARAMS=False)  # fmt: skip
     return out
 
 

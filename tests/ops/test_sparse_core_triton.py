@@ -300,7 +300,7 @@ def test_triton_long_split_launch_matches_torch_path(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(_sparse_core_triton, "LONG_SPLIT_TOKENS", 1)
     _sparse_core_triton._token_sum_geometry.cache_clear()
     try:
-        assert _sparse_core_triton._token_sum_geometry(600, 64, 1, 0)[3] == 16  # the long-split tiles
+        assert _sparse_core_triton._token_sum_geometry(600, 64, 1, 0, False)[3] == 16  # the long-split tiles
         m, slots = 64, 20
         gen = torch.Generator().manual_seed(n_out)
         x = torch.randn(600, m, generator=gen)

@@ -69,7 +69,12 @@ FOLD_WARPS = 8
 FOLD_NORMALISER_BLOCK = 4096
 TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 8)
 BLOCK_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)  # b > 1 (else coordinates / b where b is no power of two)
-TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 2, 4  # b = 1, b > 1
+# warps of the token sums for b = 1 and b > 1: one warp per column program for b = 1 with two accumulators
+# (Σg·y, Σg·x: the steady state; H200, T=8192: no cross-warp reduction at the end, 71.3 -> 66.7 µs at d=4096,
+# 48.2 -> 49.4 µs at d=2048, layer rows 1.16 -> 1.15 x and 1.33 -> 1.34 x frozen); two warps when the
+# statistics or Σg add accumulators (one warp would spill: 255 registers)
+TOKEN_SUM_WARPS, BLOCK_TOKEN_SUM_WARPS = 1, 4
+MORE_ACCUMULATORS_TOKEN_SUM_WARPS = 2
 # b = 1 with long splits (from this many tokens per split): larger tiles on 4 warps (H200, T=32768, d=4096, 512
 # tokens per split: 291 -> 258-266 µs; at 128 and 256 tokens per split they were slower, 71 -> 80 µs at T=8192)
 LONG_SPLIT_TOKENS = 512
@@ -82,9 +87,10 @@ TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the co
 TOKENS_PER_SPLIT, MAX_SPLITS = 128, 64
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 # coordinates per program and warps of the per-coordinate kernel: b = 1 (H200, T=8192, d=4096, steady state:
-# 16 coordinates on 4 warps 11.9 µs, 8 on one warp 9.0, with the rotation tables 8.7, 4 on one warp 7.6: every
-# reduction inside the warp; 16 on one or two warps spill), and b > 1 (16 // the padded slot count, at least 4)
-COORDINATE_LAUNCH: tuple[int, int] = (4, 1)
+# 16 coordinates on 4 warps 11.9 µs, 8 on one warp 9.0, with the rotation tables 8.7, 4 on one warp 7.6, 2 on
+# one warp 7.3 (d=2048: 4.5): every reduction inside the warp; 16 on one or two warps spill), and b > 1 (16 //
+# the padded slot count, at least 4)
+COORDINATE_LAUNCH: tuple[int, int] = (2, 1)
 BLOCK_COORDINATE_LAUNCH: tuple[int, int] = (16, 4)
 _SLOT_BLOCK = 32
 
@@ -850,9 +856,12 @@ def _add_angle_grads(grad_ptr, theta_ptr, entry, ok, cos, sin, grad_cos, grad_si
 
 
 @functools.lru_cache(maxsize=256)
-def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int) -> tuple[int, ...]:
+def _token_sum_geometry(
+    tokens: int, width: int, block_size: int, entries: int, more_accumulators: bool
+) -> tuple[int, ...]:
     """``(splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps)`` of a launch of
-    :func:`_token_sums_kernel` (pure host arithmetic, cached: it runs on every backward)."""
+    :func:`_token_sums_kernel` (pure host arithmetic, cached: it runs on every backward);
+    ``more_accumulators``: the statistics or ``Σg`` accumulate beside ``Σg·y`` and ``Σg·x``."""
     b, slots = block_size, _next_power_of_2(block_size)
     outer = 1 < b == slots
     splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
@@ -862,7 +871,8 @@ def _token_sum_geometry(tokens: int, width: int, block_size: int, entries: int) 
     elif long_splits:
         (block_c, block_t), warps = LONG_SPLIT_TOKEN_SUM_BLOCKS, LONG_SPLIT_TOKEN_SUM_WARPS
     else:
-        (block_c, block_t), warps = TOKEN_SUM_BLOCKS, TOKEN_SUM_WARPS
+        block_c, block_t = TOKEN_SUM_BLOCKS
+        warps = MORE_ACCUMULATORS_TOKEN_SUM_WARPS if more_accumulators else TOKEN_SUM_WARPS
     if outer:  # the outer-product accumulator holds block_t × block_c × b values
         block_c = max(b, min(block_c, _OUTER_ACCUMULATOR // (block_t * b)))
     elif b > 1:
@@ -914,7 +924,7 @@ def _token_sums(
     slots = _next_power_of_2(block_size)
     entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
     splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps = _token_sum_geometry(
-        tokens, width, block_size, entries
+        tokens, width, block_size, entries, g_sum or stats_out or stats_in
     )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
     partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
