@@ -1,8 +1,8 @@
 """Launch-shape sweep of the sparse-core Triton kernels (device tool): device time of each kernel.
 
-python benchmarks/gpu_kernel_sweep.py [cores] [--stats]   (bf16, OER magnitude, S=32 per side; diag and
+python benchmarks/gpu_kernel_sweep.py [cores] [--stats] [--short]   (bf16, OER magnitude, S=32 per side; diag and
 block b=4; T = 8192 and 32768 at d = 4096, and T = 8192 at d = 2048; the steady state of the layer table,
-no statistics, unless ``--stats``)
+no statistics, unless ``--stats``; ``--short``: the T = 8192 shapes only)
 
 Each row overrides some launch knobs of the module (``VARIANTS``), then reads the per-kernel device time
 from the profiler (10 fwd+bwd). ``python benchmarks/gpu_kernel_sweep.py diag`` sweeps one core. The last
@@ -23,12 +23,10 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"COORDINATE_LAUNCH": (16, 4)},
-    {"COORDINATE_LAUNCH": (8, 2)},
-    {"COORDINATE_LAUNCH": (16, 2)},
-    {"COORDINATE_LAUNCH": (16, 1)},
-    {"COORDINATE_LAUNCH": (4, 1)},
-    {"LONG_SPLIT_TOKENS": 1 << 30},
+    {"COORDINATE_LAUNCH": (2, 1)},
+    {"TOKEN_SUM_WARPS": 1},
+    {"TOKEN_SUM_BLOCKS": (64, 8), "TOKEN_SUM_WARPS": 1},
+    {"TOKEN_SUM_BLOCKS": (64, 16), "TOKEN_SUM_WARPS": 2},
 ]
 
 
@@ -101,10 +99,12 @@ def main() -> int:
     kernels = _sparse_core_triton
     seen: set[int] = set()
     defaults = {name: getattr(kernels, name) for variant in VARIANTS for name in variant}
-    args = [arg for arg in sys.argv[1:] if arg != "--stats"]
+    args = [arg for arg in sys.argv[1:] if arg not in ("--stats", "--short")]
     stats = "--stats" in sys.argv
     cores = args[0].split(",") if args else ["diag", "block"]
     shapes = [(8192, 4096), (32768, 4096), (8192, 2048)]
+    if "--short" in sys.argv:  # the T=8192 shapes only
+        shapes = [(8192, 4096), (8192, 2048)]
     totals: dict[tuple[str, int, int], list[float]] = {}  # per (core, T, d): each variant's kernel time
     for core in cores:
         for T, d in shapes:
