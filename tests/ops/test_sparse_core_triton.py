@@ -395,11 +395,12 @@ def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: 
     )
 
 
-@pytest.mark.parametrize("frozen", ["theta_L", "theta_R", "core", "logits"])
+@pytest.mark.parametrize("frozen", ["theta_L", "theta_R", "core", "logits", "theta_L,theta_R,core"])
 @pytest.mark.parametrize("block_size", [1, 3])
 def test_triton_gradients_with_a_frozen_leaf(frozen: str, block_size: int) -> None:
     """A leaf without ``requires_grad`` gets no gradient and the others still match the torch path (the
-    kernels specialise on which gradients are needed, e.g. skip the columns' pass without θ_R)."""
+    kernels specialise on which gradients are needed, e.g. skip the columns' pass without θ_R; with the
+    rotations and the core frozen the fold writes no rotation tables and only the scale's chain runs)."""
     n, m, slots = 23, 17, 5
     gen = torch.Generator().manual_seed(block_size)
     x = torch.randn(90, m, generator=gen)
@@ -417,5 +418,38 @@ def test_triton_gradients_with_a_frozen_leaf(frozen: str, block_size: int) -> No
               "logits": torch.randn(n, generator=gen), **core}  # fmt: skip
     _assert_triton_matches_torch_path(
         x, weight, spec, tuple(core), leaves, pairs_L, pairs_R, "oer_softmax", 0.9,
-        frozen=tuple(core) if frozen == "core" else (frozen,),
+        frozen=tuple(k for name in frozen.split(",") for k in (tuple(core) if name == "core" else (name,))),
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("block_size", [1, 4])
+def test_triton_forward_without_grad_mode_matches_torch_path(block_size: int) -> None:
+    """Under ``torch.no_grad`` (no backward follows: no rotation tables) the Triton output matches torch's."""
+    n, m, slots = 21, 26, 6
+    gen = torch.Generator().manual_seed(40 + block_size)
+    x = torch.randn(70, m, generator=gen).to(DEVICE)
+    weight = (torch.randn(n, m, generator=gen) / m**0.5).to(DEVICE)
+    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2).to(DEVICE)
+    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2).to(DEVICE)
+    d = min(n, m)
+    if block_size == 1:
+        spec, core = CoreSpec("diag", n, m), (torch.randn(d, generator=gen),)
+    else:
+        spec = CoreSpec("block", n, m, block_size=block_size)
+        core = (
+            torch.randn(d // block_size, block_size, block_size, generator=gen),
+            torch.randn(d % block_size, generator=gen),
+        )
+    core = tuple(v.to(DEVICE).requires_grad_() for v in core)
+    theta_L, theta_R = (torch.randn(slots, generator=gen).to(DEVICE).requires_grad_() for _ in range(2))
+    nu = weight.norm(dim=1)
+    magnitude = Magnitude("oer_softmax", torch.randn(n, generator=gen).to(DEVICE), nu, (nu**2).sum(), 1.0)
+    outputs = {}
+    with torch.no_grad():
+        for impl in ("torch", "triton"):
+            outputs[impl] = jora_linear(
+                x, weight, core=spec, core_params=core, pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R,
+                theta_R=theta_R, magnitude=magnitude, impl=impl,
+            )  # fmt: skip
+    assert not outputs["triton"].requires_grad
+    assert rel_error(outputs["triton"], outputs["torch"]) < 1e-5

@@ -1049,10 +1049,9 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
         block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
         block_cols = max(16, block_cols // slots)
-        needs = ctx.needs_input_grad
-        # the rotation tables of the backward's per-coordinate kernel (only read for parameter gradients)
+        # the rotation tables of the backward's per-coordinate kernel (read only for parameter gradients)
         tables = None
-        if needs[4] or needs[5] or any(needs[7:]):
+        if config["rotation_tables"]:
             tables = torch.empty(8 * max(n, m), dtype=torch.float32, device=x.device)
         _fold_kernel[(_cdiv(n, block_rows),)](
             weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
@@ -1070,7 +1069,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             if bias is not None:
                 out = out + bias
         ctx.config = config
-        keep_out = mode != _NO_SCALE and needs[6]
+        keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
         ctx.save_for_backward(
             x, folded, bias, theta_R, theta_L, scale_or_logits, scale if mode >= _OER else None,
             out if keep_out else None, tables, *core_values,
@@ -1222,5 +1221,8 @@ def sparse_core_linear_triton(
         "stats_in": stats_in,
         "stats_out": stats_out,
         "on_backward": on_backward,
+        # a backward with parameter gradients will follow (ctx.needs_input_grad ignores the grad mode)
+        "rotation_tables": torch.is_grad_enabled()
+        and (theta_L.requires_grad or theta_R.requires_grad or any(v.requires_grad for v in core_values)),
     }
     return _SparseCoreLinearTriton.apply(config, x, weight, bias, theta_R, theta_L, scale_slot, *core_values)
