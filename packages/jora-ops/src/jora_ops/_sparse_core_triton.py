@@ -18,9 +18,9 @@ instead of as dozens of small torch ops:
   (``Σg·y``, ``Σg`` with a bias, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
   on an angle.
-- ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate,
-  reading each coordinate's rotations from tables that the fold wrote (no compare against every slot)
-  (bias, scale, magnitude-logit and core gradients; statistics added to their buffers), and adds each
+- ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
+  (bias, scale, magnitude-logit and core gradients; statistics added to their buffers), reading each
+  coordinate's rotations from the fold's tables (no compare against every slot), and adds each
   coordinate's share of its slots' angle gradients. Its programs are independent: the one global sum of the
   logits' gradient comes from per-block totals that the token sums write, and each angle gradient is the sum
   of exactly two atomic adds on a zero (the same in either order, so the backward stays deterministic).
