@@ -228,6 +228,30 @@ def test_triton_sparse_cores_match_float64_references(n: int, m: int, tokens: in
     assert rel_error(stats_out, ref_out_stats) < 1e-5
 
 
+def _random_problem(
+    n: int, m: int, tokens: int, slots: int, core: str, block_size: int, seed: int
+) -> tuple[
+    torch.Tensor, torch.Tensor, CoreSpec, tuple[str, ...], dict[str, torch.Tensor], torch.Tensor, torch.Tensor
+]:
+    """``(x, weight, spec, core names, leaves, pairs_L, pairs_R)`` of a random fp32 problem: ``slots`` random
+    pairs per side, the ``core`` (``"diag"`` or ``"block"``) and the angles and logits as leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, m, generator=gen)
+    weight = torch.randn(n, m, generator=gen) / m**0.5
+    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
+    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
+    d = min(n, m)
+    if core == "diag":
+        spec, values = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
+    else:
+        spec = CoreSpec("block", n, m, block_size=block_size)
+        values = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
+                  "tail": torch.randn(d % block_size, generator=gen)}  # fmt: skip
+    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
+              "logits": torch.randn(n, generator=gen), **values}  # fmt: skip
+    return x, weight, spec, tuple(values), leaves, pairs_L, pairs_R
+
+
 def _assert_triton_matches_torch_path(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -273,23 +297,10 @@ def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(slots: int
     """More slots than the kernels' slot block (32), several coordinate blocks and token splits: the lookups
     loop over slot blocks, the block sums' tiles start at block boundaries (diag: ``block_size=0``)."""
     n, m = 2 * slots + 3 + 4 * block_size, 2 * slots + 7
-    gen = torch.Generator().manual_seed(slots + block_size)
-    x = torch.randn(600, m, generator=gen)
-    weight = torch.randn(n, m, generator=gen) / m**0.5
-    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
-    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
-    d = min(n, m)
-    if block_size:
-        spec = CoreSpec("block", n, m, block_size=block_size)
-        core = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
-                "tail": torch.randn(d % block_size, generator=gen)}  # fmt: skip
-    else:
-        spec, core = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
-    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
-              "logits": torch.randn(n, generator=gen), **core}  # fmt: skip
-    _assert_triton_matches_torch_path(
-        x, weight, spec, tuple(core), leaves, pairs_L, pairs_R, "oer_softmax", 1.0
+    problem = _random_problem(
+        n, m, 600, slots, "block" if block_size else "diag", block_size, slots + block_size
     )
+    _assert_triton_matches_torch_path(*problem, "oer_softmax", 1.0)
 
 
 @pytest.mark.parametrize("n_out", [45, 83])
@@ -301,17 +312,8 @@ def test_triton_long_split_launch_matches_torch_path(monkeypatch: pytest.MonkeyP
     _sparse_core_triton._token_sum_geometry.cache_clear()
     try:
         assert _sparse_core_triton._token_sum_geometry(600, 64, 1, 0, False)[3] == 16  # the long-split tiles
-        m, slots = 64, 20
-        gen = torch.Generator().manual_seed(n_out)
-        x = torch.randn(600, m, generator=gen)
-        weight = torch.randn(n_out, m, generator=gen) / m**0.5
-        pairs_L = torch.randperm(n_out, generator=gen)[: 2 * slots].view(slots, 2)
-        pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
-        leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
-                  "logits": torch.randn(n_out, generator=gen), "diag": torch.randn(min(n_out, m), generator=gen)}  # fmt: skip
-        _assert_triton_matches_torch_path(
-            x, weight, CoreSpec("diag", n_out, m), ("diag",), leaves, pairs_L, pairs_R, "oer_softmax", 1.0
-        )
+        problem = _random_problem(n_out, 64, 600, 20, "diag", 1, n_out)
+        _assert_triton_matches_torch_path(*problem, "oer_softmax", 1.0)
     finally:
         _sparse_core_triton._token_sum_geometry.cache_clear()  # no geometry of the patched value stays cached
 
@@ -321,20 +323,9 @@ def test_triton_block_core_without_a_full_block(n: int, m: int, block_size: int)
     """``block_size > min(n, m)``: no full block, the core is its remainder diagonal and the blocks tensor is
     empty. An empty tensor's data pointer is null, so no kernel may take the blocks' gradient as a pointer
     (regression: the interpreter segfaulted writing through it)."""
-    gen = torch.Generator().manual_seed(n * m + block_size)
-    d = min(n, m)
-    x = torch.randn(40, m, generator=gen)
-    weight = torch.randn(n, m, generator=gen) / m**0.5
-    slots = min(n, m) // 2
-    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
-    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
-    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
-              "logits": torch.randn(n, generator=gen), "blocks": torch.randn(0, block_size, block_size),
-              "tail": torch.randn(d, generator=gen)}  # fmt: skip
-    spec = CoreSpec("block", n, m, block_size=block_size)
-    _assert_triton_matches_torch_path(
-        x, weight, spec, ("blocks", "tail"), leaves, pairs_L, pairs_R, "ecd_tanh", 0.5
-    )
+    problem = _random_problem(n, m, 40, min(n, m) // 2, "block", block_size, n * m + block_size)
+    assert problem[4]["blocks"].shape == (0, block_size, block_size)  # no full block
+    _assert_triton_matches_torch_path(*problem, "ecd_tanh", 0.5)
 
 
 def test_triton_diag_scale_matches_compute_scale_at_zero_and_nonzero_logits() -> None:
@@ -375,24 +366,8 @@ def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: 
             return out.fill_(float("nan")) if out.is_floating_point() else out
 
         monkeypatch.setattr(torch, name, poisoned)
-    n, m, slots = 70, 52, 9
-    gen = torch.Generator().manual_seed(block_size)
-    x = torch.randn(300, m, generator=gen)
-    weight = torch.randn(n, m, generator=gen) / m**0.5
-    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
-    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
-    d = min(n, m)
-    if core == "diag":
-        spec, values = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
-    else:
-        spec = CoreSpec("block", n, m, block_size=block_size)
-        values = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
-                  "tail": torch.randn(d % block_size, generator=gen)}  # fmt: skip
-    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
-              "logits": torch.randn(n, generator=gen), **values}  # fmt: skip
-    _assert_triton_matches_torch_path(
-        x, weight, spec, tuple(values), leaves, pairs_L, pairs_R, magnitude_kind, 0.8
-    )
+    problem = _random_problem(70, 52, 300, 9, core, block_size, block_size)
+    _assert_triton_matches_torch_path(*problem, magnitude_kind, 0.8)
 
 
 @pytest.mark.parametrize("frozen", ["theta_L", "theta_R", "core", "logits", "theta_L,theta_R,core"])
@@ -401,55 +376,33 @@ def test_triton_gradients_with_a_frozen_leaf(frozen: str, block_size: int) -> No
     """A leaf without ``requires_grad`` gets no gradient and the others still match the torch path (the
     kernels specialise on which gradients are needed, e.g. skip the columns' pass without θ_R; with the
     rotations and the core frozen the fold writes no rotation tables and only the scale's chain runs)."""
-    n, m, slots = 23, 17, 5
-    gen = torch.Generator().manual_seed(block_size)
-    x = torch.randn(90, m, generator=gen)
-    weight = torch.randn(n, m, generator=gen) / m**0.5
-    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
-    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
-    d = min(n, m)
-    if block_size == 1:
-        spec, core = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
-    else:
-        spec = CoreSpec("block", n, m, block_size=block_size)
-        core = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
-                "tail": torch.randn(d % block_size, generator=gen)}  # fmt: skip
-    leaves = {"theta_L": torch.randn(slots, generator=gen), "theta_R": torch.randn(slots, generator=gen),
-              "logits": torch.randn(n, generator=gen), **core}  # fmt: skip
+    problem = _random_problem(23, 17, 90, 5, "diag" if block_size == 1 else "block", block_size, block_size)
+    core = problem[3]
     _assert_triton_matches_torch_path(
-        x, weight, spec, tuple(core), leaves, pairs_L, pairs_R, "oer_softmax", 0.9,
-        frozen=tuple(k for name in frozen.split(",") for k in (tuple(core) if name == "core" else (name,))),
+        *problem, "oer_softmax", 0.9,
+        frozen=tuple(k for name in frozen.split(",") for k in (core if name == "core" else (name,))),
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("block_size", [1, 4])
 def test_triton_forward_without_grad_mode_matches_torch_path(block_size: int) -> None:
     """Under ``torch.no_grad`` (no backward follows: no rotation tables) the Triton output matches torch's."""
-    n, m, slots = 21, 26, 6
-    gen = torch.Generator().manual_seed(40 + block_size)
-    x = torch.randn(70, m, generator=gen).to(DEVICE)
-    weight = (torch.randn(n, m, generator=gen) / m**0.5).to(DEVICE)
-    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2).to(DEVICE)
-    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2).to(DEVICE)
-    d = min(n, m)
-    if block_size == 1:
-        spec, core = CoreSpec("diag", n, m), (torch.randn(d, generator=gen),)
-    else:
-        spec = CoreSpec("block", n, m, block_size=block_size)
-        core = (
-            torch.randn(d // block_size, block_size, block_size, generator=gen),
-            torch.randn(d % block_size, generator=gen),
-        )
-    core = tuple(v.to(DEVICE).requires_grad_() for v in core)
-    theta_L, theta_R = (torch.randn(slots, generator=gen).to(DEVICE).requires_grad_() for _ in range(2))
+    core = "diag" if block_size == 1 else "block"
+    x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(
+        21, 26, 70, 6, core, block_size, 40 + block_size
+    )
+    x, weight, pairs_L, pairs_R = (t.to(DEVICE) for t in (x, weight, pairs_L, pairs_R))
+    params = {
+        k: v.to(DEVICE).requires_grad_() for k, v in leaves.items()
+    }  # a backward could follow, none does
     nu = weight.norm(dim=1)
-    magnitude = Magnitude("oer_softmax", torch.randn(n, generator=gen).to(DEVICE), nu, (nu**2).sum(), 1.0)
+    magnitude = Magnitude("oer_softmax", params["logits"], nu, (nu**2).sum(), 1.0)
     outputs = {}
     with torch.no_grad():
         for impl in ("torch", "triton"):
             outputs[impl] = jora_linear(
-                x, weight, core=spec, core_params=core, pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R,
-                theta_R=theta_R, magnitude=magnitude, impl=impl,
+                x, weight, core=spec, core_params=tuple(params[k] for k in names), pairs_L=pairs_L,
+                theta_L=params["theta_L"], pairs_R=pairs_R, theta_R=params["theta_R"], magnitude=magnitude, impl=impl,
             )  # fmt: skip
     assert not outputs["triton"].requires_grad
     assert rel_error(outputs["triton"], outputs["torch"]) < 1e-5
