@@ -23,10 +23,8 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"TOKEN_SUM_WARPS": 2},
-    {"COORDINATE_LAUNCH": (4, 1)},
-    {"TOKEN_SUM_BLOCKS": (256, 8)},
-    {"TOKENS_PER_SPLIT": 256},
+    {"LAUNCH_PDL": True},
+    {"TOKEN_SUM_REDUCE_TILES": True},
 ]
 
 

@@ -23,6 +23,7 @@ from jora_ops import _sparse_core_triton as kernels
 TARGET = GPUTarget("cuda", 90, 32)
 _FLOAT_ARGS = {"eps", "alpha", "inv_tokens"}
 _INT64_POINTERS = {"pairs_L_ptr", "pairs_R_ptr"}
+_INT32_POINTERS = {"counters_ptr"}
 _BF16_POINTERS = {"w_ptr", "folded_ptr", "g_ptr", "y_ptr", "x_ptr", "bias_ptr"}
 
 
@@ -33,6 +34,8 @@ def _signature(fn: Any, constexprs: dict[str, Any]) -> dict[str, str]:
             signature[name] = "constexpr"
         elif name in _INT64_POINTERS:
             signature[name] = "*i64"
+        elif name in _INT32_POINTERS:
+            signature[name] = "*i32"
         elif name in _BF16_POINTERS:
             signature[name] = "*bf16"
         elif name.endswith("_ptr"):
@@ -65,7 +68,7 @@ def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> s
         attrs={
             (i,): [["tt.divisibility", 16]]
             for i, name in enumerate(fn.arg_names)
-            if signature[name] in ("i32", "*fp32", "*bf16", "*i64")
+            if signature[name] in ("i32", "*fp32", "*bf16", "*i64", "*i32")
         },
     )
     compiled = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
@@ -81,23 +84,23 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
     out = []
 
     def token_sums(name: str, b: int, tokens: int, more: bool, **flags: Any) -> None:
-        _, _, block_c, block_t, _, _, outer, warps = kernels._token_sum_geometry(tokens, 4096, b, 64, more)
+        _, _, block_c, block_t, _, _, outer, warps, acc_rows = kernels._token_sum_geometry(tokens, 4096, b, 64, more)
         out.append((name, kernels._token_sums_kernel, {"BLOCK_SIZE": b, "SLOTS": kernels._next_power_of_2(b),
                     "BLOCK_S": 32, "HAS_Y": True, "G_SUM": more, "HAS_BIAS": more, "ROW_TOTAL": True, "PARAMS": True,
                     "STATS_OUT": more, "STATS_IN": more, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
-                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, **flags}, warps))  # fmt: skip
+                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, "ACC_ROWS": acc_rows, "BLOCK_COL_BLOCKS": 32, "PDL": False, **flags}, warps))  # fmt: skip
 
     for b in (1, 3, 4, 16):
         slots = kernels._next_power_of_2(b)
         rows, cols = kernels.FOLD_BLOCKS["linear"]
         common = {"BLOCK_SIZE": b, "SLOTS": slots, "BLOCK_S": 32}
         out.append((f"fold b={b}", kernels._fold_kernel, {**common, "MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
-                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1, "TABLES": True}, kernels.FOLD_WARPS))  # fmt: skip
+                    "BLOCK_ROWS": rows, "BLOCK_COLS": max(16, cols // slots), "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK, "stride_col": 1, "TABLES": True, "SPLIT_COUNTERS": kernels._SPLIT_COUNTERS}, kernels.FOLD_WARPS))  # fmt: skip
         token_sums(f"token sums b={b}", b, 8192, True)
         out.append((f"coordinate grads b={b}", kernels._coordinate_grads_kernel, {**common, "HAS_SCALE": True,
                     "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "G_SUM": True, "PARAMS": True, "STATS_OUT": True,
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": kernels._coordinate_launch(slots)[0], "BLOCK_SPLITS": 64, "MODE": 3,
-                    "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "BLOCK_COL_BLOCKS": 32}, kernels._coordinate_launch(slots)[1]))  # fmt: skip
+                    "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "PDL": False}, kernels._coordinate_launch(slots)[1]))  # fmt: skip
     token_sums("token sums b=1 steady state", 1, 8192, False)
     token_sums("token sums b=1 long splits", 1, 32768, False)
     token_sums("column sums (no params)", 1, 8192, True, HAS_BIAS=False, ROW_TOTAL=False, bias_ptr=None,

@@ -349,15 +349,8 @@ def test_triton_diag_scale_matches_compute_scale_at_zero_and_nonzero_logits() ->
             torch.testing.assert_close(out.cpu(), (weight * expected_scale[:, None]).T, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    ("core", "block_size", "magnitude_kind"), [("diag", 1, "oer_softmax"), ("block", 4, "ecd_tanh")]
-)
-def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: str, block_size: int,
-                                         magnitude_kind: str) -> None:  # fmt: skip
-    """Every buffer from ``torch.empty``/``empty_like`` starts as NaN here, and the gradients still match the
-    torch path: the kernels never read a value they did not write in the same call (the angle gradients are
-    accumulated on a zero that the token sums write, the logits' gradient reads the token sums' per-block
-    totals and the fold's ``E_incl``/``κ`` behind the scale, the folded weight is written in full)."""
+def _poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Floating-point buffers from ``torch.empty``/``empty_like`` start as NaN."""
     for name in ("empty", "empty_like"):
         allocate = getattr(torch, name)
 
@@ -366,6 +359,19 @@ def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: 
             return out.fill_(float("nan")) if out.is_floating_point() else out
 
         monkeypatch.setattr(torch, name, poisoned)
+
+
+@pytest.mark.parametrize(
+    ("core", "block_size", "magnitude_kind"), [("diag", 1, "oer_softmax"), ("block", 4, "ecd_tanh")]
+)
+def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: str, block_size: int,
+                                         magnitude_kind: str) -> None:  # fmt: skip
+    """Every buffer from ``torch.empty``/``empty_like`` starts as NaN here, and the gradients still match the
+    torch path: the kernels never read a value they did not write in the same call (the angle gradients are
+    accumulated on a zero that the token sums write, the logits' gradient reads the token sums' per-split
+    totals, whose arrival counters the fold zeroes behind the scale with ``E_incl``/``κ``, the folded weight is
+    written in full)."""
+    _poison_allocations(monkeypatch)
     problem = _random_problem(70, 52, 300, 9, core, block_size, block_size)
     _assert_triton_matches_torch_path(*problem, magnitude_kind, 0.8)
 
@@ -406,3 +412,27 @@ def test_triton_forward_without_grad_mode_matches_torch_path(block_size: int) ->
             )  # fmt: skip
     assert not outputs["triton"].requires_grad
     assert rel_error(outputs["triton"], outputs["torch"]) < 1e-5
+
+
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3)])
+def test_triton_second_backward_of_one_forward_repeats_the_first(monkeypatch: pytest.MonkeyPatch, core: str,
+                                                                 block_size: int) -> None:  # fmt: skip
+    """Two backwards of one forward (``retain_graph``) give the same gradients, so they accumulate to exactly
+    twice the first: the token sums' arrival counters, zeroed once by the forward's fold, are zeroed again by
+    each split's last program (with NaN-poisoned buffers a counter left over would leave a total unwritten)."""
+    _poison_allocations(monkeypatch)
+    x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(40, 33, 300, 7, core, block_size, 11)
+    params = {k: v.to(DEVICE).requires_grad_() for k, v in leaves.items()}
+    nu = weight.norm(dim=1).to(DEVICE)
+    out = jora_linear(
+        x.to(DEVICE), weight.to(DEVICE), core=spec, core_params=tuple(params[k] for k in names),
+        pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE), theta_R=params["theta_R"],
+        magnitude=Magnitude("oer_softmax", params["logits"], nu, (nu**2).sum(), 0.8), impl="triton",
+    )  # fmt: skip
+    loss = out.square().sum()
+    loss.backward(retain_graph=True)
+    first = {k: v.grad.clone() for k, v in params.items()}
+    loss.backward()
+    for key, grad in first.items():
+        assert torch.isfinite(grad).all(), key
+        assert torch.equal(params[key].grad, 2 * grad), key

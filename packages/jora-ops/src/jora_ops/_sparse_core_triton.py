@@ -80,11 +80,18 @@ MORE_ACCUMULATORS_TOKEN_SUM_WARPS = 2
 LONG_SPLIT_TOKENS = 512
 LONG_SPLIT_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
 LONG_SPLIT_TOKEN_SUM_WARPS = 4
+# the column accumulators: one row, each token tile summed as it comes (fewer registers, more programs resident),
+# or a row per token of the tile, reduced once at the end
+TOKEN_SUM_REDUCE_TILES = False
+TOKEN_SUM_MAXNREG: int | None = None
+# programmatic dependent launch of the backward's kernels (sm_90+): each starts while the one before it ends
+LAUNCH_PDL = False
 TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
 TOKENS_PER_SPLIT, MAX_SPLITS = 128, 64
+_SPLIT_COUNTERS = 128  # arrival counters of the token sums' splits (kept after the scale by the fold): at most this many splits
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 # coordinates per program and warps of the per-coordinate kernel: b = 1 (H200, T=8192, d=4096, steady state:
 # 16 coordinates on 4 warps 11.9 µs, 8 on one warp 9.0, with the rotation tables 8.7, 4 on one warp 7.6, 2 on
@@ -105,6 +112,16 @@ def _coordinate_launch(slots: int) -> tuple[int, int]:
         return COORDINATE_LAUNCH
     block, warps = BLOCK_COORDINATE_LAUNCH
     return max(4, block // slots), warps
+
+
+def _launch_options(pdl: bool, maxnreg: int | None) -> dict[str, Any]:
+    """Launch options beyond ``num_warps``: programmatic dependent launch, a register cap."""
+    options: dict[str, Any] = {}
+    if pdl:
+        options["launch_pdl"] = True
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    return options
 
 
 @triton.jit
@@ -324,10 +341,11 @@ def _fold_kernel(
     pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha, tables_ptr,
     MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr, TABLES: tl.constexpr,
+    BLOCK_S: tl.constexpr, TABLES: tl.constexpr, SPLIT_COUNTERS: tl.constexpr,
 ):  # fmt: skip
     """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``, and
-    with a magnitude (program 0) ``E_incl`` and ECD's ``κ`` after it (``scale_out[n:n + 2]``, for the backward),
+    with a magnitude (program 0) ``E_incl`` and ECD's ``κ`` after it (``scale_out[n:n + 2]``, for the backward)
+    and zeroes the ``SPLIT_COUNTERS`` arrival counters of the backward's token sums after those,
     and with ``TABLES`` the rotation tables of every coordinate (:func:`_write_rotation_tables`, for the
     per-coordinate kernel of the backward; the programs share the ``max(n, m)`` coordinates).
 
@@ -344,6 +362,9 @@ def _fold_kernel(
         if tl.program_id(0) == 0:
             tl.store(scale_out_ptr + n_out, energy)
             tl.store(scale_out_ptr + n_out + 1, normaliser)
+            # the backward token sums' arrival counters (int32 zeros: the bits of 0.0)
+            counters = tl.arange(0, SPLIT_COUNTERS)
+            tl.store(scale_out_ptr + n_out + 2 + counters, tl.zeros((SPLIT_COUNTERS,), tl.float32))
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
@@ -423,24 +444,34 @@ def _fold_entries(w_ptr, folded_ptr, row_off, row_ok, s, n_in, stride_col, col, 
 
 
 @triton.jit
+def _over_tile(v, ACC_ROWS: tl.constexpr):
+    """``v`` [tokens, columns] for an accumulator of ``ACC_ROWS`` token rows: summed over the tile's tokens
+    (kept 2-D) for one row, else as it is (one reduction over tokens at the end)."""
+    if ACC_ROWS == 1:
+        return tl.sum(v, 0, keep_dims=True)
+    else:
+        return v
+
+
+@triton.jit
 def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
                  G_SUM: tl.constexpr, HAS_Y: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr,
                  PARAMS: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
-                 BLOCK_C: tl.constexpr):  # fmt: skip
+                 BLOCK_C: tl.constexpr, ACC_ROWS: tl.constexpr):  # fmt: skip
     """One token tile of the column programs into their accumulators (the tile's loads already issued)."""
     g = g.to(tl.float32)
     if G_SUM:  # only for a bias: one accumulator fewer
-        acc_g += g
+        acc_g += _over_tile(g, ACC_ROWS)
     if HAS_Y:
-        acc_gy += g * y.to(tl.float32)
+        acc_gy += _over_tile(g * y.to(tl.float32), ACC_ROWS)
     if STATS_OUT:
-        acc_gg += g * g
+        acc_gg += _over_tile(g * g, ACC_ROWS)
     if STATS_IN or (PARAMS and (SLOTS == 1 or OUTER)):
         x = x.to(tl.float32)
         if STATS_IN:
-            acc_xx += x * x
+            acc_xx += _over_tile(x * x, ACC_ROWS)
         if PARAMS and (SLOTS == 1 or OUTER):  # the diagonal: the diag core, the remainder diagonal
-            acc_gx += g * x
+            acc_gx += _over_tile(g * x, ACC_ROWS)
         if PARAMS and OUTER:  # b a power of two: per block, the outer product of g's and x's rows
             g_blocks = tl.reshape(g, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
             x_blocks = tl.reshape(x, (BLOCK_T, BLOCK_C // SLOTS, SLOTS))
@@ -454,12 +485,12 @@ def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_out
 def _token_sums_kernel(
     g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
-    bias_ptr, norms_ptr, eps, theta_grads_ptr, n_theta,
+    bias_ptr, norms_ptr, eps, counters_ptr, split_totals_ptr, theta_grads_ptr, n_theta,
     HAS_Y: tl.constexpr, G_SUM: tl.constexpr, HAS_BIAS: tl.constexpr, ROW_TOTAL: tl.constexpr,
     PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
     STATS_IN: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_TE: tl.constexpr, BLOCK_S: tl.constexpr,
-    UNROLL: tl.constexpr,
+    UNROLL: tl.constexpr, ACC_ROWS: tl.constexpr, BLOCK_COL_BLOCKS: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Partial token sums of one split of tokens (fp32).
 
@@ -474,10 +505,14 @@ def _token_sums_kernel(
     hit L2.
 
     With ``ROW_TOTAL`` each column program also writes ``Σ_k Σ_t g (y − b)`` over its included rows
-    (``ν > eps``) to the split's last ``n_col_blocks`` values: the total that the magnitude logits' gradient
-    needs in every program of the per-coordinate kernel. Program (0, 0) zeroes the ``n_theta`` angle
-    gradients, which the per-coordinate kernel accumulates.
+    (``ν > eps``) to the split's last ``n_col_blocks`` values, and the split's last program to finish (an
+    arrival counter per split, zero at the launch) sums them into ``split_totals``: the total that the
+    magnitude logits' gradient needs in every program of the per-coordinate kernel. Program (0, 0) zeroes the
+    ``n_theta`` angle gradients, which the per-coordinate kernel accumulates.
     """
+    if PDL:  # launched as a dependent of the previous kernel (the ∂L/∂x matmul): wait for it, let the next launch
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     split = tl.program_id(1)
     block = tl.program_id(0)
     first = split * tokens_per_split
@@ -494,11 +529,11 @@ def _token_sums_kernel(
         slot_ok = _slot_ok(k[:, None], slot, full, n_diag, BLOCK_SIZE)
         slot_col = _slot_column(k[:, None], slot, full, BLOCK_SIZE)
         # 2-D accumulators (3-D/4-D for the block slot sums): one reduction over tokens at the end
-        acc_gy = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
-        acc_g = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
-        acc_gg = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
-        acc_xx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
-        acc_gx = tl.zeros((BLOCK_T, BLOCK_C), tl.float32)
+        acc_gy = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
+        acc_g = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
+        acc_gg = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
+        acc_xx = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
+        acc_gx = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
         acc_slots = tl.zeros((BLOCK_T, BLOCK_C, SLOTS), tl.float32)
         acc_outer = tl.zeros((BLOCK_T, BLOCK_C // SLOTS, SLOTS, SLOTS), tl.float32)
         for offset in range(0, tokens_per_split, 2 * BLOCK_T):
@@ -552,11 +587,11 @@ def _token_sums_kernel(
                 )  # fmt: skip
             acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
                 g_a, y_a, x_a, slot_a, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C, ACC_ROWS,
             )  # fmt: skip
             acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots = _column_tile(
                 g_b, y_b, x_b, slot_b, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_outer, acc_slots,
-                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C,
+                G_SUM, HAS_Y, STATS_OUT, STATS_IN, PARAMS, SLOTS, OUTER, BLOCK_T, BLOCK_C, ACC_ROWS,
             )  # fmt: skip
         ok = k < width
         gy = tl.sum(acc_gy, 0)
@@ -580,6 +615,17 @@ def _token_sums_kernel(
             tl.store(base + 4 * width + k[:, None] * SLOTS + slot, sums, mask=ok[:, None])
         else:
             tl.store(base + 4 * width + k[:, None] * SLOTS + slot, tl.sum(acc_slots, 0), mask=ok[:, None])
+        if ROW_TOTAL:  # the split's last column program to arrive (acquire-release: the others' totals are visible
+            # to it) sums them in a fixed order, so the per-coordinate kernel reads one total per split
+            arrived = tl.atomic_add(counters_ptr + split, 1, sem="acq_rel")
+            if arrived == n_col_blocks - 1:
+                blocks = tl.arange(0, BLOCK_COL_BLOCKS)
+                totals = tl.load(
+                    base + split_stride - n_col_blocks + blocks, mask=blocks < n_col_blocks, other=0.0,
+                    cache_modifier=".cg",
+                )  # fmt: skip
+                tl.store(split_totals_ptr + split, tl.sum(totals, 0))
+                tl.store(counters_ptr + split, 0)  # zero again: a second backward of the same forward
     else:
         e = (block - n_col_blocks) * BLOCK_E + tl.arange(0, BLOCK_E)
         position = e // SLOTS  # a position in a flat pair table
@@ -652,14 +698,14 @@ def _split_sum_2d(ptr, index, mask, split_stride, n_splits, BLOCK_SPLITS: tl.con
 @triton.jit
 def _coordinate_grads_kernel(
     partial_ptr, n_splits, split_stride, width, scale_ptr, bias_ptr, bias_grad_ptr, scale_grad_ptr,
-    stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr, n_col_blocks,
+    stats_out_ptr, stats_in_ptr, inv_tokens, blocks_ptr, tail_ptr, core_grad_ptr,
     pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full,
     logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, theta_L_grad_ptr, theta_R_grad_ptr, tables_ptr,
     HAS_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr, SCALE_GRAD: tl.constexpr, BIAS_GRAD: tl.constexpr,
     G_SUM: tl.constexpr, PARAMS: tl.constexpr, STATS_OUT: tl.constexpr, STATS_IN: tl.constexpr, CAYLEY: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
     BLOCK_SPLITS: tl.constexpr, MODE: tl.constexpr, LOGITS_GRAD: tl.constexpr, THETA_L_GRAD: tl.constexpr,
-    THETA_R_GRAD: tl.constexpr, BLOCK_COL_BLOCKS: tl.constexpr,
+    THETA_R_GRAD: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Per coordinate: bias, scale and magnitude-logit gradients, statistics, core gradients, and each
     coordinate's share of the angle gradients of its slots.
@@ -672,18 +718,36 @@ def _coordinate_grads_kernel(
     k = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     out_ok = k < n_out
     in_ok = k < n_in
-    if (
-        G_SUM
-    ):  # the token sums wrote Σg (the host asks for it with a bias gradient, or a scale one and a bias)
+    # what the forward wrote first (the scale, the rotations, the core values): with PDL this runs while the
+    # token sums finish, and the partial sums are read after the wait
+    if HAS_SCALE:
+        s = tl.load(scale_ptr + k, mask=out_ok, other=1.0).to(tl.float32)
+    else:
+        s = k.to(tl.float32) * 0.0 + 1.0
+    if PARAMS:
+        t = tl.arange(0, SLOTS)[None, :]
+        k2 = k[:, None]
+        s2 = s[:, None]
+        q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, _, _, _, cos_Rk, sin_Rk, entry_Rk, _, cos_Rq, sin_Rq = (
+            _row_slots(
+                k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr,
+                width, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK, True,
+            )
+        )  # fmt: skip
+        value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
+        value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
+        if HAS_SCALE:
+            s_q = tl.load(scale_ptr + q, mask=out_ok, other=1.0).to(tl.float32)[:, None]
+        else:
+            s_q = s2
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    if G_SUM:  # the token sums wrote Σg (the host asks for it with a bias gradient, or a scale one and a bias)
         g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
     else:
         g_sum = k.to(tl.float32) * 0.0
     if BIAS_GRAD:
         tl.store(bias_grad_ptr + k, g_sum, mask=out_ok)
-    if HAS_SCALE:
-        s = tl.load(scale_ptr + k, mask=out_ok, other=1.0).to(tl.float32)
-    else:
-        s = k.to(tl.float32) * 0.0 + 1.0
     if SCALE_GRAD:  # Σ_t g ⊙ h with h = (y − b)/s
         weighted = _split_sum(partial_ptr, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
         if HAS_BIAS:
@@ -691,9 +755,8 @@ def _coordinate_grads_kernel(
         tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
         if LOGITS_GRAD:
             _logits_grads(
-                k, out_ok, weighted, s, partial_ptr + split_stride - n_col_blocks, n_col_blocks, split_stride,
-                n_splits, scale_ptr + n_out, logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, MODE,
-                BLOCK_SPLITS, BLOCK_COL_BLOCKS,
+                k, out_ok, weighted, s, partial_ptr + n_splits * split_stride, n_splits, scale_ptr + n_out,
+                logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, MODE, BLOCK_SPLITS,
             )  # fmt: skip
     if STATS_OUT:
         gg = _split_sum(partial_ptr + 2 * width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
@@ -706,17 +769,8 @@ def _coordinate_grads_kernel(
         g2_ptr = partial_ptr + (4 + SLOTS) * width
         g3_ptr = g2_ptr + 2 * n_R * SLOTS
         g4_ptr = g3_ptr + 2 * n_L * SLOTS
-        t = tl.arange(0, SLOTS)[None, :]
-        k2 = k[:, None]
         # --- k as a row: upstream gradients of its entries (Σ_t (g s)_k x_col, see the token sums), and
         # G3, G4 of row q; rotation entries are 0 where no rotation touches the row (coefficients vanish)
-        q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, _, _, _, cos_Rk, sin_Rk, entry_Rk, _, cos_Rq, sin_Rq = (
-            _row_slots(
-                k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr,
-                width, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK, True,
-            )
-        )  # fmt: skip
-        s2 = s[:, None]
         G1 = (
             _split_sum_2d(slot_sums, k2 * SLOTS + t, ok_k, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS)
             * s2
@@ -732,10 +786,6 @@ def _coordinate_grads_kernel(
         e3 = tl.where(own_q, entry_L[:, None] * SLOTS + t, 0)
         G3 = _split_sum_2d(g3_ptr, e3, own_q, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS) * s2
         G4 = _split_sum_2d(g4_ptr, e3, own_q, split_stride, n_splits, BLOCK_SPLITS, BLOCK, SLOTS) * s2
-        if HAS_SCALE:
-            s_q = tl.load(scale_ptr + q, mask=out_ok, other=1.0).to(tl.float32)[:, None]
-        else:
-            s_q = s2
         sin_Lq = -sin_L[:, None]  # partner_L is an involution: sin_L(q) = −sin_L(k) (both 0 when unpaired)
         # q's G3/G4 at slot t (the other position of k's table slot): column col(k, t)
         of_q = rotated_L & ok_k
@@ -750,8 +800,6 @@ def _coordinate_grads_kernel(
             * s_q
             * sin_Lq
         )
-        value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
-        value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
         cos_L2 = cos_L[:, None]
         own = G1 * cos_Rk + G2 * sin_Rk
         tl.store(
@@ -806,23 +854,17 @@ def _coordinate_grads_kernel(
 
 @triton.jit
 def _logits_grads(
-    k, ok, weighted, s, totals_ptr, n_col_blocks, split_stride, n_splits, magnitude_ptr, logits_ptr, norms_ptr,
-    temp_ptr, out_ptr, eps, alpha, MODE: tl.constexpr, BLOCK_SPLITS: tl.constexpr, BLOCK_COL_BLOCKS: tl.constexpr,
+    k, ok, weighted, s, split_totals_ptr, n_splits, magnitude_ptr, logits_ptr, norms_ptr, temp_ptr, out_ptr, eps,
+    alpha, MODE: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
 ):  # fmt: skip
     """The magnitude logits' gradient at rows ``k`` (closed form, see ``scale_vjp``) from their
     ``weighted = Σ_t g ⊙ (y − b) = s ∂L/∂s`` and its total over the included rows.
 
-    The total is the sum of the token sums' per-block totals (split-major, one 2-D load), the same sum in
-    every program; ``magnitude_ptr`` holds what the fold wrote: ``E_incl`` and ECD's ``κ``.
+    The total is the sum of the token sums' per-split totals, the same sum in every program; ``magnitude_ptr``
+    holds what the fold wrote: ``E_incl`` and ECD's ``κ``.
     """
-    splits = tl.arange(0, BLOCK_SPLITS)[:, None]
-    blocks = tl.arange(0, BLOCK_COL_BLOCKS)[None, :]
-    totals = tl.load(
-        totals_ptr + splits * split_stride + blocks,
-        mask=(splits < n_splits) & (blocks < n_col_blocks),
-        other=0.0,
-    )
-    total = tl.sum(tl.sum(totals, 1), 0)
+    splits = tl.arange(0, BLOCK_SPLITS)
+    total = tl.sum(tl.load(split_totals_ptr + splits, mask=splits < n_splits, other=0.0), 0)
     temperature = tl.load(temp_ptr).to(tl.float32)
     energy = tl.load(magnitude_ptr)
     nu = tl.load(norms_ptr + k, mask=ok, other=0.0).to(tl.float32)
@@ -859,12 +901,12 @@ def _add_angle_grads(grad_ptr, theta_ptr, entry, ok, cos, sin, grad_cos, grad_si
 def _token_sum_geometry(
     tokens: int, width: int, block_size: int, entries: int, more_accumulators: bool
 ) -> tuple[int, ...]:
-    """``(splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps)`` of a launch of
+    """``(splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps, acc_rows)`` of a launch of
     :func:`_token_sums_kernel` (pure host arithmetic, cached: it runs on every backward);
     ``more_accumulators``: the statistics or ``Σg`` accumulate beside ``Σg·y`` and ``Σg·x``."""
     b, slots = block_size, _next_power_of_2(block_size)
     outer = 1 < b == slots
-    splits = max(1, min(MAX_SPLITS, _cdiv(tokens, TOKENS_PER_SPLIT)))
+    splits = max(1, min(MAX_SPLITS, _SPLIT_COUNTERS, _cdiv(tokens, TOKENS_PER_SPLIT)))
     long_splits = _cdiv(tokens, splits) >= LONG_SPLIT_TOKENS
     if b > 1:
         (block_c, block_t), warps = BLOCK_TOKEN_SUM_BLOCKS, BLOCK_TOKEN_SUM_WARPS
@@ -888,6 +930,7 @@ def _token_sum_geometry(
         _cdiv(entries, _ENTRY_BLOCK),
         outer,
         warps,
+        1 if TOKEN_SUM_REDUCE_TILES else block_t,
     )
 
 
@@ -905,16 +948,16 @@ def _token_sums(
     stats_out: bool,
     stats_in: bool,
     g_sum: bool,
-    row_total: tuple[torch.Tensor | None, torch.Tensor, float] | None = None,
+    row_total: tuple[torch.Tensor | None, torch.Tensor, float, torch.Tensor] | None = None,
     zeroed: tuple[torch.Tensor, int] | None = None,
-) -> tuple[torch.Tensor, int, int, int]:
+) -> tuple[torch.Tensor, int, int]:
     """Launch :func:`_token_sums_kernel` over 2-D ``g`` [T, n], ``y`` [T, n] (or ``None``), ``x`` [T, m]
-    (``g_sum``: also ``Σg``, for a bias; ``row_total``: ``(bias, row norms, eps)`` for the per-block totals of
-    ``Σ g (y − b)`` over the included rows; ``zeroed``: ``(tensor, count)``, whose first ``count`` values the
-    kernel zeroes: the angle gradients that the per-coordinate kernel accumulates).
+    (``g_sum``: also ``Σg``, for a bias; ``row_total``: ``(bias, row norms, eps, arrival counters)`` for the
+    totals of ``Σ g (y − b)`` over the included rows; ``zeroed``: ``(tensor, count)``, whose first ``count``
+    values the kernel zeroes: the angle gradients that the per-coordinate kernel accumulates).
 
-    Returns ``(partial, splits, split_stride, col_blocks)``: per split of tokens, the rows described in the
-    kernel (the per-block totals last).
+    Returns ``(partial, splits, split_stride)``: per split of tokens, the rows described in the
+    kernel (the per-block totals last), then one total per split.
     """
     g, x = g.contiguous(), x.contiguous()
     y_or_g = y.contiguous() if y is not None else g
@@ -923,23 +966,26 @@ def _token_sums(
     width = max(n, m)
     slots = _next_power_of_2(block_size)
     entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
-    splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps = _token_sum_geometry(
+    splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps, acc_rows = _token_sum_geometry(
         tokens, width, block_size, entries, g_sum or stats_out or stats_in
     )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
-    partial = torch.empty(splits * split_stride, dtype=torch.float32, device=g.device)
-    bias, norms, eps = row_total if row_total is not None else (None, None, 0.0)
+    partial = torch.empty(splits * (split_stride + 1), dtype=torch.float32, device=g.device)
+    bias, norms, eps, counters = row_total if row_total is not None else (None, None, 0.0, partial)
     zero_ptr, n_zero = zeroed if zeroed is not None else (partial, 0)  # (a pointer even with nothing to zero)
+    pdl = LAUNCH_PDL and g.is_cuda
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
-        bias, norms, eps, zero_ptr, n_zero,
+        bias, norms, eps, counters, partial[splits * split_stride :], zero_ptr, n_zero,
         HAS_Y=y is not None, G_SUM=g_sum, HAS_BIAS=bias is not None, ROW_TOTAL=row_total is not None, PARAMS=params,
         STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
-        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL, num_warps=warps,
+        BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL,
+        ACC_ROWS=acc_rows, BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks), PDL=pdl, num_warps=warps,
+        **_launch_options(pdl, TOKEN_SUM_MAXNREG),
     )  # fmt: skip
-    return partial, splits, split_stride, col_blocks
+    return partial, splits, split_stride
 
 
 def column_sums_triton(
@@ -955,12 +1001,12 @@ def column_sums_triton(
     n_in = x.shape[1] if x is not None else 0
     no_pairs = torch.empty(0, 2, dtype=torch.int64, device=grad.device)
     no_angles = torch.empty(0, dtype=torch.float32, device=grad.device)
-    partial, splits, split_stride, _ = _token_sums(
+    partial, splits, split_stride = _token_sums(
         grad, out, x if x is not None else grad, no_pairs, no_pairs, no_angles, n_diag, n_diag, 1,
         x is not None and n_diag > 0, stats, stats and x is not None, True,
     )  # fmt: skip
     width = max(n_out, n_in)
-    total = partial.view(splits, split_stride).sum(0)
+    total = partial[: splits * split_stride].view(splits, split_stride).sum(0)
     return {
         "g_y": total[:n_out],
         "g": total[width : width + n_out],
@@ -1042,7 +1088,11 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             scale_or_logits = scale_or_logits.contiguous()
         folded = torch.empty_like(weight)
         # s, then E_incl and ECD's κ for the backward (written by the fold)
-        scale = torch.empty(n + 2, dtype=torch.float32, device=x.device) if mode >= _OER else scale_or_logits
+        scale = (
+            torch.empty(n + 2 + _SPLIT_COUNTERS, dtype=torch.float32, device=x.device)
+            if mode >= _OER
+            else scale_or_logits
+        )
         logits = scale_or_logits if mode >= _OER else None
         offset = config["offset"]
         blocks, tail = _core_pointers(core_values)
@@ -1060,7 +1110,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             config["eps"], config["alpha"], tables,
             MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
-            BLOCK_S=_SLOT_BLOCK, TABLES=tables is not None, num_warps=FOLD_WARPS,
+            BLOCK_S=_SLOT_BLOCK, TABLES=tables is not None, SPLIT_COUNTERS=_SPLIT_COUNTERS, num_warps=FOLD_WARPS,
         )  # fmt: skip
         if linear:
             out = torch.nn.functional.linear(x, folded, bias)
@@ -1115,25 +1165,27 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             scale_grad and bias is not None
         )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
         grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
-        partial, splits, split_stride, col_blocks = _token_sums(
+        partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
-            (bias, config["norms"], config["eps"]) if logits_grads else None, (workspace, n_L + n_R),
+            (bias, config["norms"], config["eps"], inner_scale[n + 2 :].view(torch.int32)) if logits_grads else None,
+            (workspace, n_L + n_R),
         )  # fmt: skip
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block, coordinate_warps = _coordinate_launch(slots)
+        pdl = LAUNCH_PDL and g.is_cuda
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
-            1.0 / max(tokens, 1), blocks, tail, core_grad, col_blocks, pairs_L, theta_L, n_L, pairs_R, theta_R,
+            1.0 / max(tokens, 1), blocks, tail, core_grad, pairs_L, theta_L, n_L, pairs_R, theta_R,
             n_R, n, m, n_diag, full, scale_or_logits, config["norms"], config["temperature"], logits_grad,
             config["eps"], config["alpha"], theta_L_grad, theta_R_grad, tables,
             HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
             G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
             BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
-            BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks), num_warps=coordinate_warps,
+            PDL=pdl, num_warps=coordinate_warps, **_launch_options(pdl, None),
         )  # fmt: skip
         if config["on_backward"] is not None:
             config["on_backward"]()
