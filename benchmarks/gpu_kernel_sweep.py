@@ -23,8 +23,9 @@ from jora_ops import CoreSpec, Magnitude, _sparse_core_triton, jora_linear
 # knob overrides of jora_ops._sparse_core_triton per variant ({} = the defaults)
 VARIANTS: list[dict] = [
     {},
-    {"LAUNCH_PDL": True},
-    {"TOKEN_SUM_REDUCE_TILES": True},
+    {"LAUNCH_PDL": False},
+    {"REDUCED_TILES_MAX_WIDTH": 0},
+    {"REDUCED_TILES_MAX_WIDTH": 4096},
 ]
 
 

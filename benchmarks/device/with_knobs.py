@@ -16,14 +16,19 @@ import sys
 from jora_ops import _sparse_core_triton
 
 
-def main() -> None:
-    knobs = json.loads(sys.argv[1])
+def apply_knobs(knobs: dict) -> None:
+    """Set launch knobs of ``jora_ops._sparse_core_triton`` (JSON lists become tuples); unknown names fail."""
     unknown = [name for name in knobs if not hasattr(_sparse_core_triton, name)]
     if unknown:
         raise SystemExit(f"unknown knobs {unknown} of jora_ops._sparse_core_triton")
     for name, value in knobs.items():
         setattr(_sparse_core_triton, name, tuple(value) if isinstance(value, list) else value)
     _sparse_core_triton._token_sum_geometry.cache_clear()
+
+
+def main() -> None:
+    knobs = json.loads(sys.argv[1])
+    apply_knobs(knobs)
     print(f"knobs: {knobs}", flush=True)
     if sys.argv[2] == "-m":
         sys.argv = [sys.argv[3], *sys.argv[4:]]

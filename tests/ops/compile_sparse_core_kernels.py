@@ -79,12 +79,16 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
     """Every kernel for b = 1 (diag), 3 (gathered slot sums) and 4, 16 (outer-product slot sums) with every
     option on; the diag token sums of the steady state (two accumulators: one warp) and with long splits; and
     the token sums without parameters (``column_sums_triton``, with the ``None`` pointers of its launch: a
-    ``None`` pointer compiles only where no code that runs can touch it). Launch shapes come from the module's
-    own geometry functions, at T = 8192 (32768 for the long splits) and d = 4096."""
+    ``None`` pointer compiles only where no code that runs can touch it); the diag backward's two kernels as
+    programmatic dependent launches (grid-dependency control, sm_90) and the steady-state token sums at
+    d = 2048 (tile-reduced accumulators). Launch shapes come from the module's own geometry functions, at
+    T = 8192 (32768 for the long splits) and d = 4096."""
     out = []
 
-    def token_sums(name: str, b: int, tokens: int, more: bool, **flags: Any) -> None:
-        _, _, block_c, block_t, _, _, outer, warps, acc_rows = kernels._token_sum_geometry(tokens, 4096, b, 64, more)
+    def token_sums(name: str, b: int, tokens: int, more: bool, width: int = 4096, **flags: Any) -> None:
+        _, _, block_c, block_t, _, _, outer, warps, acc_rows = kernels._token_sum_geometry(
+            tokens, width, b, 64, more
+        )
         out.append((name, kernels._token_sums_kernel, {"BLOCK_SIZE": b, "SLOTS": kernels._next_power_of_2(b),
                     "BLOCK_S": 32, "HAS_Y": True, "G_SUM": more, "HAS_BIAS": more, "ROW_TOTAL": True, "PARAMS": True,
                     "STATS_OUT": more, "STATS_IN": more, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
@@ -101,7 +105,11 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
                     "HAS_BIAS": True, "SCALE_GRAD": True, "BIAS_GRAD": True, "G_SUM": True, "PARAMS": True, "STATS_OUT": True,
                     "STATS_IN": True, "CAYLEY": False, "BLOCK": kernels._coordinate_launch(slots)[0], "BLOCK_SPLITS": 64, "MODE": 3,
                     "LOGITS_GRAD": True, "THETA_L_GRAD": True, "THETA_R_GRAD": True, "PDL": False}, kernels._coordinate_launch(slots)[1]))  # fmt: skip
+        if b == 1:
+            out.append(("coordinate grads b=1, PDL", out[-1][1], {**out[-1][2], "PDL": True}, out[-1][3]))
     token_sums("token sums b=1 steady state", 1, 8192, False)
+    token_sums("token sums b=1 steady, PDL", 1, 8192, False, PDL=True)
+    token_sums("token sums b=1 d=2048", 1, 8192, False, width=2048)
     token_sums("token sums b=1 long splits", 1, 32768, False)
     token_sums("column sums (no params)", 1, 8192, True, HAS_BIAS=False, ROW_TOTAL=False, bias_ptr=None,
                norms_ptr=None, PARAMS=False)  # fmt: skip

@@ -17,13 +17,18 @@ instead of as dozens of small torch ops:
 - ``_token_sums_kernel`` (backward): per split of tokens, column programs stream ``g``, ``y`` and ``x`` once
   (``Σg·y``, ``Σg`` with a bias, the statistics ``Σg²``, ``Σx²`` and the block-diagonal sums ``Σ g_k x_col(k, t)``), and
   gather programs beside them sum ``g[t, row] x[t, col]`` at the ``b (2 S_R + 4 S_L)`` entries that depend
-  on an angle.
+  on an angle; with a magnitude, each split's last column program (an arrival counter) also sums the split's
+  total of ``Σ g (y − b)``, which the logits' gradient needs in every coordinate.
 - ``_coordinate_grads_kernel``: reduces the splits and applies the closed-form chain rule per coordinate
   (bias, scale, magnitude-logit and core gradients; statistics added to their buffers), reading each
   coordinate's rotations from the fold's tables (no compare against every slot), and adds each
   coordinate's share of its slots' angle gradients. Its programs are independent: the one global sum of the
-  logits' gradient comes from per-block totals that the token sums write, and each angle gradient is the sum
-  of exactly two atomic adds on a zero (the same in either order, so the backward stays deterministic).
+  logits' gradient comes from the per-split totals that the token sums write, and each angle gradient is the
+  sum of exactly two atomic adds on a zero (the same in either order, so the backward stays deterministic).
+
+On sm_90+ the backward's two kernels are programmatic dependent launches: the token sums launch as the
+``∂L/∂x`` matmul before them ends, and the per-coordinate kernel as the token sums end; it reads what the
+forward wrote (scale, rotations, core values) before it waits for the token sums.
 
 Block sizes up to :data:`TRITON_MAX_BLOCK_SIZE` run here (slot dimensions are padded to a power of two).
 No host-device synchronisation: counts are shapes, everything else stays on the device.
@@ -39,6 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jora_ops._dispatch import triton_interpreting
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
 if TYPE_CHECKING:
@@ -80,18 +86,21 @@ MORE_ACCUMULATORS_TOKEN_SUM_WARPS = 2
 LONG_SPLIT_TOKENS = 512
 LONG_SPLIT_TOKEN_SUM_BLOCKS: tuple[int, int] = (128, 16)
 LONG_SPLIT_TOKEN_SUM_WARPS = 4
-# the column accumulators: one row, each token tile summed as it comes (fewer registers, more programs resident),
-# or a row per token of the tile, reduced once at the end
-TOKEN_SUM_REDUCE_TILES = False
-TOKEN_SUM_MAXNREG: int | None = None
-# programmatic dependent launch of the backward's kernels (sm_90+): each starts while the one before it ends
-LAUNCH_PDL = False
+# the one-warp column programs' accumulators up to this width: one row, each token tile summed as it comes, else a
+# row per token of the tile, reduced once at the end (H200, T=8192, in one process: d=2048 layer 1.339 -> 1.294 x
+# frozen, token sums 49.2 -> 46.2 µs; at d=4096 the token sums 68.7 -> 74.2 µs)
+REDUCED_TILES_MAX_WIDTH = 2048
+# programmatic dependent launch of the backward's two kernels (sm_90+): the token sums launch as the ∂L/∂x matmul
+# ends and the per-coordinate kernel as the token sums end, reading the forward's values before its wait (H200,
+# T=8192, in one process: layer 1.154 -> 1.148 x frozen at d=4096, 1.356 -> 1.339 x at d=2048)
+LAUNCH_PDL = True
 TOKEN_SUM_UNROLL = 2  # token tiles per loop step of the gather programs (the column programs load two)
 # token splits of the token sums (programs per column block). H200, T=8192, d=4096: 128 tokens per split
 # (64 splits) 89 -> 76 µs, the per-coordinate kernel that reduces them 14.5 -> 18 µs; 128 splits at T=32768
 # would save more there but spill in the per-coordinate kernel
 TOKENS_PER_SPLIT, MAX_SPLITS = 128, 64
-_SPLIT_COUNTERS = 128  # arrival counters of the token sums' splits (kept after the scale by the fold): at most this many splits
+# arrival counters of the token sums' splits, kept after the scale by the fold: at most this many splits
+_SPLIT_COUNTERS = 128
 _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accumulator (registers)
 # coordinates per program and warps of the per-coordinate kernel: b = 1 (H200, T=8192, d=4096, steady state:
 # 16 coordinates on 4 warps 11.9 µs, 8 on one warp 9.0, with the rotation tables 8.7, 4 on one warp 7.6, 2 on
@@ -114,14 +123,21 @@ def _coordinate_launch(slots: int) -> tuple[int, int]:
     return max(4, block // slots), warps
 
 
-def _launch_options(pdl: bool, maxnreg: int | None) -> dict[str, Any]:
-    """Launch options beyond ``num_warps``: programmatic dependent launch, a register cap."""
-    options: dict[str, Any] = {}
-    if pdl:
-        options["launch_pdl"] = True
-    if maxnreg is not None:
-        options["maxnreg"] = maxnreg
-    return options
+@functools.lru_cache(maxsize=16)
+def _programmatic_launch(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch as programmatic dependents of the kernel before them (``LAUNCH_PDL``
+    and a CUDA device of compute capability 9.0 or later, compiled, with Triton's grid-dependency control)."""
+    return (
+        device.type == "cuda"
+        and not triton_interpreting()
+        and torch.cuda.get_device_capability(device)[0] >= 9
+        and hasattr(tl.extra.cuda, "gdc_wait")
+    )
+
+
+def _pdl_options(pdl: bool) -> dict[str, Any]:
+    """The launch option of a programmatic dependent launch (none otherwise: older Triton lacks the option)."""
+    return {"launch_pdl": True} if pdl else {}
 
 
 @triton.jit
@@ -510,9 +526,8 @@ def _token_sums_kernel(
     magnitude logits' gradient needs in every program of the per-coordinate kernel. Program (0, 0) zeroes the
     ``n_theta`` angle gradients, which the per-coordinate kernel accumulates.
     """
-    if PDL:  # launched as a dependent of the previous kernel (the ∂L/∂x matmul): wait for it, let the next launch
+    if PDL:  # launched as a dependent of the kernel before it (the ∂L/∂x matmul): wait for it to finish
         tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
     split = tl.program_id(1)
     block = tl.program_id(0)
     first = split * tokens_per_split
@@ -615,8 +630,9 @@ def _token_sums_kernel(
             tl.store(base + 4 * width + k[:, None] * SLOTS + slot, sums, mask=ok[:, None])
         else:
             tl.store(base + 4 * width + k[:, None] * SLOTS + slot, tl.sum(acc_slots, 0), mask=ok[:, None])
-        if ROW_TOTAL:  # the split's last column program to arrive (acquire-release: the others' totals are visible
-            # to it) sums them in a fixed order, so the per-coordinate kernel reads one total per split
+        # the split's last column program to arrive (acquire-release: the others' totals are visible to it) sums
+        # them in a fixed order, so the per-coordinate kernel reads one total per split
+        if ROW_TOTAL:
             arrived = tl.atomic_add(counters_ptr + split, 1, sem="acq_rel")
             if arrived == n_col_blocks - 1:
                 blocks = tl.arange(0, BLOCK_COL_BLOCKS)
@@ -669,6 +685,9 @@ def _token_sums_kernel(
                 x = tl.load(x_ptr + t64 * stride_x + col[None, :], mask=mask, other=0.0).to(tl.float32)
                 acc += g * x
         tl.store(base + (4 + SLOTS) * width + e, tl.sum(acc, 0), mask=position < n_R2 + 2 * n_L2)
+    if PDL:  # the per-coordinate kernel may launch once every program got here (earlier, its programs would
+        # take the second wave's places: H200, T=8192, d=4096, layer 1.1515 -> 1.1476 x frozen)
+        tl.extra.cuda.gdc_launch_dependents()
 
 
 @triton.jit
@@ -742,7 +761,8 @@ def _coordinate_grads_kernel(
             s_q = s2
     if PDL:
         tl.extra.cuda.gdc_wait()
-    if G_SUM:  # the token sums wrote Σg (the host asks for it with a bias gradient, or a scale one and a bias)
+    # the token sums wrote Σg (the host asks for it with a bias gradient, or a scale one and a bias)
+    if G_SUM:
         g_sum = _split_sum(partial_ptr + width, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
     else:
         g_sum = k.to(tl.float32) * 0.0
@@ -930,7 +950,7 @@ def _token_sum_geometry(
         _cdiv(entries, _ENTRY_BLOCK),
         outer,
         warps,
-        1 if TOKEN_SUM_REDUCE_TILES else block_t,
+        1 if warps == 1 and width <= REDUCED_TILES_MAX_WIDTH else block_t,
     )
 
 
@@ -966,14 +986,14 @@ def _token_sums(
     width = max(n, m)
     slots = _next_power_of_2(block_size)
     entries = slots * (2 * pairs_R.shape[0] + 4 * pairs_L.shape[0]) if params else 0
-    splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps, acc_rows = _token_sum_geometry(
-        tokens, width, block_size, entries, g_sum or stats_out or stats_in
+    splits, tokens_per_split, block_c, block_t, col_blocks, entry_blocks, outer, warps, acc_rows = (
+        _token_sum_geometry(tokens, width, block_size, entries, g_sum or stats_out or stats_in)
     )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
     partial = torch.empty(splits * (split_stride + 1), dtype=torch.float32, device=g.device)
     bias, norms, eps, counters = row_total if row_total is not None else (None, None, 0.0, partial)
     zero_ptr, n_zero = zeroed if zeroed is not None else (partial, 0)  # (a pointer even with nothing to zero)
-    pdl = LAUNCH_PDL and g.is_cuda
+    pdl = LAUNCH_PDL and _programmatic_launch(g.device)
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
@@ -983,7 +1003,7 @@ def _token_sums(
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
         BLOCK_TE=ENTRY_TOKEN_BLOCK, BLOCK_S=_SLOT_BLOCK, UNROLL=TOKEN_SUM_UNROLL,
         ACC_ROWS=acc_rows, BLOCK_COL_BLOCKS=_next_power_of_2(col_blocks), PDL=pdl, num_warps=warps,
-        **_launch_options(pdl, TOKEN_SUM_MAXNREG),
+        **_pdl_options(pdl),
     )  # fmt: skip
     return partial, splits, split_stride
 
@@ -1175,7 +1195,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block, coordinate_warps = _coordinate_launch(slots)
-        pdl = LAUNCH_PDL and g.is_cuda
+        pdl = LAUNCH_PDL and _programmatic_launch(g.device)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), blocks, tail, core_grad, pairs_L, theta_L, n_L, pairs_R, theta_R,
@@ -1185,7 +1205,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
             BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
-            PDL=pdl, num_warps=coordinate_warps, **_launch_options(pdl, None),
+            PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
         )  # fmt: skip
         if config["on_backward"] is not None:
             config["on_backward"]()

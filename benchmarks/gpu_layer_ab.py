@@ -1,0 +1,71 @@
+"""A/B of launch-knob sets on the headline layer rows, in one process (device tool).
+
+    python benchmarks/gpu_layer_ab.py '{}' '{"LAUNCH_PDL": true}' [--rounds 3] [--shapes 8192x4096,8192x2048]
+
+Per round, per knob set and shape: the device time (``gpu_tables.device_ms``: host hidden, L2 flushed) of the
+frozen layer and of JORA-diag+OER measured back to back, so the ratio is taken on the same machine state;
+the medians over the rounds are printed per knob set. Rounds interleave the sets, so drift of the GPU's
+clocks spreads over all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "device"))
+
+from with_knobs import apply_knobs
+
+from gpu_tables import device_ms
+from jora_ops import _sparse_core_triton
+from layers import build, step_fn
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("knobs", nargs="+", help="knob sets (JSON), '{}' = the defaults")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shapes", default="8192x4096,8192x2048")
+    parser.add_argument("--methods", default="jora_diag_oer")
+    args = parser.parse_args()
+    knob_sets = [json.loads(text) for text in args.knobs]
+    names = {name for knobs in knob_sets for name in knobs}
+    defaults = {name: getattr(_sparse_core_triton, name) for name in names}
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    methods = args.methods.split(",")
+    ratios: dict[tuple[int, int, str, int], list[float]] = {}
+    times: dict[tuple[int, int, str, int], list[float]] = {}
+    for _ in range(args.rounds):
+        for T, d in shapes:
+            x = torch.randn(T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            grad = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
+            layers = {m: build(m, d, d, dtype=torch.bfloat16, device="cuda") for m in ["frozen", *methods]}
+            runs = {m: step_fn(layer, x, grad) for m, layer in layers.items()}
+            for index, knobs in enumerate(knob_sets):
+                apply_knobs({**defaults, **knobs})
+                for method in methods:
+                    for _ in range(3):
+                        runs[method]()
+                    frozen = device_ms(runs["frozen"])
+                    adapted = device_ms(runs[method])
+                    ratios.setdefault((T, d, method, index), []).append(adapted / frozen)
+                    times.setdefault((T, d, method, index), []).append(adapted)
+            del layers, runs, x, grad
+            torch.cuda.empty_cache()
+    apply_knobs(defaults)
+    for (T, d, method, index), values in sorted(ratios.items()):
+        ms = statistics.median(times[(T, d, method, index)])
+        print(f"T={T} d={d} {method} {json.dumps(knob_sets[index])}: {statistics.median(values):.4f} x frozen "
+              f"(rounds {', '.join(f'{v:.4f}' for v in values)}; {ms:.4f} ms)", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
