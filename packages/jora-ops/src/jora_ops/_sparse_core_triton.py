@@ -257,15 +257,16 @@ def _value_index(k, t, full, BLOCK_SIZE: tl.constexpr):
 @triton.jit
 def _row_slots(
     rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr, width,
-    CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK_S: tl.constexpr,
+    blocks_ptr, tail_ptr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, BLOCK_S: tl.constexpr,
     ROWS: tl.constexpr, FROM_TABLES: tl.constexpr,
 ):  # fmt: skip
     """The geometry of core rows ``k`` (1-D) that the fold and the chain rule share.
 
-    Returns ``q = partner_L(k)`` with ``k``'s ``L`` rotation and table entry, ``q`` as a column, and per slot
-    ``t`` (``[ROWS, SLOTS]``): whether ``k`` and ``q`` have it, its columns ``col(k, t)``, ``col(q, t)``, and
-    the ``R`` rotation at those columns (partner, cos, sin; the table entry for ``col(k, t)``). Rotations are
-    looked up in the pair tables, or with ``FROM_TABLES`` read from the per-coordinate tables.
+    Returns ``q = partner_L(k)`` with ``k``'s ``L`` rotation and table entry, and per slot ``t``
+    (``[ROWS, SLOTS]``): whether ``k`` and ``q`` have it, its columns ``col(k, t)``, ``col(q, t)``, the ``R``
+    rotation at those columns (partner, cos, sin; the table entry for ``col(k, t)``), and the core values of
+    ``k``'s and ``q``'s slots. Rotations are looked up in the pair tables, or with ``FROM_TABLES`` read from
+    the per-coordinate tables.
     """
     if FROM_TABLES:
         q, cos_L, sin_L, entry_L = _table_rotation(rows, tables_ptr, width, 0)
@@ -288,9 +289,11 @@ def _row_slots(
         partner_q, cos_Rq, sin_Rq, _ = _lookup_2d(
             col_q, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S, ROWS, SLOTS
         )
+    value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
+    value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
     return (
-        q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q,
-        cos_Rq, sin_Rq,
+        q, cos_L, sin_L, entry_L, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q,
+        cos_Rq, sin_Rq, value_k, value_q,
     )  # fmt: skip
 
 
@@ -405,14 +408,13 @@ def _fold_kernel(
     t = tl.arange(0, SLOTS)[None, :]
     k2 = rows[:, None]
     # looked up here (the fold writes the tables: theta_L and n_out stand in for them, unread)
-    q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q, cos_Rq, sin_Rq = (
-        _row_slots(
-            rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, theta_L_ptr,
-            n_out, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK_ROWS, False,
-        )
+    (
+        q, cos_L, sin_L, entry_L, ok_k, _, col_k, col_q, partner_k, cos_Rk, sin_Rk, entry_Rk, partner_q, cos_Rq,
+        sin_Rq, value_k, value_q,
+    ) = _row_slots(
+        rows, row_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, theta_L_ptr,
+        n_out, blocks_ptr, tail_ptr, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK_ROWS, False,
     )  # fmt: skip
-    value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
-    value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
     e1 = cos_L[:, None] * value_k * cos_Rk
     if HAS_OFFSET:
         e1 -= _slot_value(offset_blocks_ptr, offset_tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
@@ -747,14 +749,13 @@ def _coordinate_grads_kernel(
         t = tl.arange(0, SLOTS)[None, :]
         k2 = k[:, None]
         s2 = s[:, None]
-        q, cos_L, sin_L, entry_L, q2, ok_k, ok_q, _, _, _, cos_Rk, sin_Rk, entry_Rk, _, cos_Rq, sin_Rq = (
-            _row_slots(
-                k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr,
-                width, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK, True,
-            )
+        (
+            q, cos_L, sin_L, entry_L, ok_k, ok_q, _, _, _, cos_Rk, sin_Rk, entry_Rk, _, cos_Rq, sin_Rq, value_k,
+            value_q,
+        ) = _row_slots(
+            k, out_ok, pairs_L_ptr, theta_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R, full, n_diag, tables_ptr, width,
+            blocks_ptr, tail_ptr, CAYLEY, BLOCK_SIZE, SLOTS, BLOCK_S, BLOCK, True,
         )  # fmt: skip
-        value_k = _slot_value(blocks_ptr, tail_ptr, k2, t, ok_k, full, BLOCK_SIZE)
-        value_q = _slot_value(blocks_ptr, tail_ptr, q2, t, ok_q, full, BLOCK_SIZE)
         if HAS_SCALE:
             s_q = tl.load(scale_ptr + q, mask=out_ok, other=1.0).to(tl.float32)[:, None]
         else:
