@@ -318,6 +318,20 @@ def test_triton_long_split_launch_matches_torch_path(monkeypatch: pytest.MonkeyP
         _sparse_core_triton._token_sum_geometry.cache_clear()  # no geometry of the patched value stays cached
 
 
+def test_triton_wide_split_launch_matches_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The diag core's shorter token splits from ``WIDE_MIN_WIDTH`` on (96 tokens per split, up to 128 splits:
+    d ≥ 4096 on the GPU), forced here at width 64: 600 tokens in 7 splits of 88, a count that is no power of two."""
+    monkeypatch.setattr(_sparse_core_triton, "WIDE_MIN_WIDTH", 64)
+    _sparse_core_triton._token_sum_geometry.cache_clear()
+    try:
+        splits, tokens_per_split = _sparse_core_triton._token_sum_geometry(600, 64, 1, 0, False)[:2]
+        assert (splits, tokens_per_split) == (7, 88)  # 5 splits of 128 tokens without the rule
+        problem = _random_problem(64, 57, 600, 20, "diag", 1, 64)
+        _assert_triton_matches_torch_path(*problem, "oer_softmax", 1.0)
+    finally:
+        _sparse_core_triton._token_sum_geometry.cache_clear()  # no geometry of the patched value stays cached
+
+
 @pytest.mark.parametrize(("n", "m", "block_size"), [(9, 6, 8), (5, 7, 16), (12, 3, 4)])
 def test_triton_block_core_without_a_full_block(n: int, m: int, block_size: int) -> None:
     """``block_size > min(n, m)``: no full block, the core is its remainder diagonal and the blocks tensor is
