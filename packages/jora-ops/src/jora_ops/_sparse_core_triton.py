@@ -549,7 +549,8 @@ def _token_sums_kernel(
         slot = tl.arange(0, SLOTS)[None, :]
         slot_ok = _slot_ok(k[:, None], slot, full, n_diag, BLOCK_SIZE)
         slot_col = _slot_column(k[:, None], slot, full, BLOCK_SIZE)
-        # 2-D accumulators (3-D/4-D for the block slot sums): one reduction over tokens at the end
+        # 2-D accumulators of ACC_ROWS token rows (:func:`_over_tile`; 3-D/4-D for the block slot sums, a row
+        # per token of the tile): their rows are summed once at the end
         acc_gy = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
         acc_g = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
         acc_gg = tl.zeros((ACC_ROWS, BLOCK_C), tl.float32)
