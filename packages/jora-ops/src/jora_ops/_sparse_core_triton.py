@@ -135,7 +135,7 @@ def _programmatic_launch(device: torch.device) -> bool:
         device.type == "cuda"
         and not triton_interpreting()
         and torch.cuda.get_device_capability(device)[0] >= 9
-        and hasattr(tl.extra.cuda, "gdc_wait")
+        and hasattr(getattr(tl.extra, "cuda", None), "gdc_wait")
     )
 
 
