@@ -23,7 +23,6 @@ from jora_ops import _sparse_core_triton as kernels
 TARGET = GPUTarget("cuda", 90, 32)
 _FLOAT_ARGS = {"eps", "alpha", "inv_tokens"}
 _INT64_POINTERS = {"pairs_L_ptr", "pairs_R_ptr"}
-_INT32_POINTERS = {"counters_ptr"}
 _BF16_POINTERS = {"w_ptr", "folded_ptr", "g_ptr", "y_ptr", "x_ptr", "bias_ptr"}
 
 
@@ -34,8 +33,6 @@ def _signature(fn: Any, constexprs: dict[str, Any]) -> dict[str, str]:
             signature[name] = "constexpr"
         elif name in _INT64_POINTERS:
             signature[name] = "*i64"
-        elif name in _INT32_POINTERS:
-            signature[name] = "*i32"
         elif name in _BF16_POINTERS:
             signature[name] = "*bf16"
         elif name.endswith("_ptr"):
@@ -68,7 +65,7 @@ def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> s
         attrs={
             (i,): [["tt.divisibility", 16]]
             for i, name in enumerate(fn.arg_names)
-            if signature[name] in ("i32", "*fp32", "*bf16", "*i64", "*i32")
+            if signature[name] in ("i32", "*fp32", "*bf16", "*i64")
         },
     )
     compiled = triton.compile(source, target=TARGET, options={"num_warps": num_warps})
@@ -86,13 +83,13 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
     out = []
 
     def token_sums(name: str, b: int, tokens: int, more: bool, width: int = 4096, **flags: Any) -> None:
-        _, _, block_c, block_t, _, _, outer, warps, acc_rows = kernels._token_sum_geometry(
+        _, _, block_c, block_t, col_blocks, _, outer, warps, acc_rows = kernels._token_sum_geometry(
             tokens, width, b, 64, more
         )
         out.append((name, kernels._token_sums_kernel, {"BLOCK_SIZE": b, "SLOTS": kernels._next_power_of_2(b),
                     "BLOCK_S": 32, "HAS_Y": True, "G_SUM": more, "HAS_BIAS": more, "ROW_TOTAL": True, "PARAMS": True,
                     "STATS_OUT": more, "STATS_IN": more, "OUTER": outer, "BLOCK_T": block_t, "BLOCK_C": block_c,
-                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, "ACC_ROWS": acc_rows, "BLOCK_COL_BLOCKS": 32, "PDL": False, **flags}, warps))  # fmt: skip
+                    "BLOCK_E": 64, "BLOCK_TE": kernels.ENTRY_TOKEN_BLOCK, "UNROLL": kernels.TOKEN_SUM_UNROLL, "ACC_ROWS": acc_rows, "BLOCK_COL_BLOCKS": kernels._next_power_of_2(col_blocks), "PDL": False, **flags}, warps))  # fmt: skip
 
     for b in (1, 3, 4, 16):
         slots = kernels._next_power_of_2(b)
@@ -112,7 +109,7 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
     token_sums("token sums b=1 d=2048", 1, 8192, False, width=2048)
     token_sums("token sums b=1 long splits", 1, 32768, False)
     token_sums("column sums (no params)", 1, 8192, True, HAS_BIAS=False, ROW_TOTAL=False, bias_ptr=None,
-               norms_ptr=None, PARAMS=False)  # fmt: skip
+               norms_ptr=None, scale_ptr=None, PARAMS=False)  # fmt: skip
     return out
 
 

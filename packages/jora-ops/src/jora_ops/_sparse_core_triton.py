@@ -127,10 +127,16 @@ def _coordinate_launch(slots: int) -> tuple[int, int]:
     return max(4, block // slots), warps
 
 
-@functools.lru_cache(maxsize=16)
 def _programmatic_launch(device: torch.device) -> bool:
-    """Whether kernels on ``device`` launch as programmatic dependents of the kernel before them (``LAUNCH_PDL``
-    and a CUDA device of compute capability 9.0 or later, compiled, with Triton's grid-dependency control)."""
+    """Whether the backward's kernels on ``device`` launch as programmatic dependents of the kernel before
+    them: ``LAUNCH_PDL`` and :func:`_grid_dependency_control`."""
+    return LAUNCH_PDL and _grid_dependency_control(device)
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_dependency_control(device: torch.device) -> bool:
+    """Whether compiled kernels on ``device`` can use grid-dependency control: a CUDA device of compute
+    capability 9.0 or later, not under the interpreter, and a Triton that has it."""
     return (
         device.type == "cuda"
         and not triton_interpreting()
@@ -231,6 +237,13 @@ def _write_rotation_tables(k, tables_ptr, width, pairs_L_ptr, theta_L_ptr, n_L, 
     _store_rotation(k, ok, tables_ptr, width, partner, cos, sin, entry, 0)
     partner, cos, sin, entry = _lookup(k, pairs_R_ptr, theta_R_ptr, n_R, CAYLEY, BLOCK_S)
     _store_rotation(k, ok, tables_ptr, width, partner, cos, sin, entry, 1)
+
+
+@triton.jit
+def _split_counters(scale_ptr, n_out):
+    """The token sums' per-split arrival counters (int32) in the fold's scale buffer: ``s`` (``n_out``),
+    ``E_incl`` and ECD's ``κ``, then the counters."""
+    return (scale_ptr + n_out + 2).to(tl.pointer_type(tl.int32))
 
 
 @triton.jit
@@ -385,9 +398,8 @@ def _fold_kernel(
         if tl.program_id(0) == 0:
             tl.store(scale_out_ptr + n_out, energy)
             tl.store(scale_out_ptr + n_out + 1, normaliser)
-            # the backward token sums' arrival counters (int32 zeros: the bits of 0.0)
             counters = tl.arange(0, SPLIT_COUNTERS)
-            tl.store(scale_out_ptr + n_out + 2 + counters, tl.zeros((SPLIT_COUNTERS,), tl.float32))
+            tl.store(_split_counters(scale_out_ptr, n_out) + counters, tl.zeros((SPLIT_COUNTERS,), tl.int32))
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
@@ -507,7 +519,7 @@ def _column_tile(g, y, x, x_slot, acc_g, acc_gy, acc_gg, acc_xx, acc_gx, acc_out
 def _token_sums_kernel(
     g_ptr, y_ptr, x_ptr, partial_ptr, split_stride, pairs_L_ptr, n_L, pairs_R_ptr, theta_R_ptr, n_R,
     n_tokens, n_out, n_in, n_diag, full, width, stride_g, stride_y, stride_x, tokens_per_split, n_col_blocks,
-    bias_ptr, norms_ptr, eps, counters_ptr, split_totals_ptr, theta_grads_ptr, n_theta,
+    bias_ptr, norms_ptr, eps, scale_ptr, theta_grads_ptr, n_theta,
     HAS_Y: tl.constexpr, G_SUM: tl.constexpr, HAS_BIAS: tl.constexpr, ROW_TOTAL: tl.constexpr,
     PARAMS: tl.constexpr, STATS_OUT: tl.constexpr,
     STATS_IN: tl.constexpr, BLOCK_SIZE: tl.constexpr, SLOTS: tl.constexpr, OUTER: tl.constexpr, BLOCK_T: tl.constexpr,
@@ -625,7 +637,8 @@ def _token_sums_kernel(
                 gy -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * tl.sum(acc_g, 0)
             nu = tl.load(norms_ptr + k, mask=out_ok, other=0.0).to(tl.float32)
             total = tl.sum(tl.where(out_ok & (nu > eps), gy, 0.0), 0)
-            tl.store(base + split_stride - n_col_blocks + block, total)
+            block_totals = base + split_stride - n_col_blocks
+            tl.store(block_totals + block, total)
         tl.store(base + 2 * width + k, tl.sum(acc_gg, 0), mask=ok)
         tl.store(base + 3 * width + k, tl.sum(acc_xx, 0), mask=ok)
         if SLOTS == 1:
@@ -640,15 +653,16 @@ def _token_sums_kernel(
         # the split's last column program to arrive (acquire-release: the others' totals are visible to it) sums
         # them in a fixed order, so the per-coordinate kernel reads one total per split
         if ROW_TOTAL:
-            arrived = tl.atomic_add(counters_ptr + split, 1, sem="acq_rel")
+            counter = _split_counters(scale_ptr, n_out) + split
+            arrived = tl.atomic_add(counter, 1, sem="acq_rel")
             if arrived == n_col_blocks - 1:
                 blocks = tl.arange(0, BLOCK_COL_BLOCKS)
                 totals = tl.load(
-                    base + split_stride - n_col_blocks + blocks, mask=blocks < n_col_blocks, other=0.0,
-                    cache_modifier=".cg",
-                )  # fmt: skip
-                tl.store(split_totals_ptr + split, tl.sum(totals, 0))
-                tl.store(counters_ptr + split, 0)  # zero again: a second backward of the same forward
+                    block_totals + blocks, mask=blocks < n_col_blocks, other=0.0, cache_modifier=".cg"
+                )
+                split_totals = partial_ptr + tl.num_programs(1) * split_stride  # after the splits' rows
+                tl.store(split_totals + split, tl.sum(totals, 0))
+                tl.store(counter, 0)  # zero again: a second backward of the same forward
     else:
         e = (block - n_col_blocks) * BLOCK_E + tl.arange(0, BLOCK_E)
         position = e // SLOTS  # a position in a flat pair table
@@ -934,7 +948,7 @@ def _token_sum_geometry(
     outer = 1 < b == slots
     splits = max(1, min(MAX_SPLITS, _SPLIT_COUNTERS, _cdiv(tokens, TOKENS_PER_SPLIT)))
     long_splits = _cdiv(tokens, splits) >= LONG_SPLIT_TOKENS
-    if b == 1 and not long_splits and width >= WIDE_MIN_WIDTH and WIDE_TOKENS_PER_SPLIT:
+    if b == 1 and not long_splits and width >= WIDE_MIN_WIDTH:
         splits = max(1, min(WIDE_MAX_SPLITS, _SPLIT_COUNTERS, _cdiv(tokens, WIDE_TOKENS_PER_SPLIT)))
     if b > 1:
         (block_c, block_t), warps = BLOCK_TOKEN_SUM_BLOCKS, BLOCK_TOKEN_SUM_WARPS
@@ -980,8 +994,8 @@ def _token_sums(
     zeroed: tuple[torch.Tensor, int] | None = None,
 ) -> tuple[torch.Tensor, int, int]:
     """Launch :func:`_token_sums_kernel` over 2-D ``g`` [T, n], ``y`` [T, n] (or ``None``), ``x`` [T, m]
-    (``g_sum``: also ``Σg``, for a bias; ``row_total``: ``(bias, row norms, eps, arrival counters)`` for the
-    totals of ``Σ g (y − b)`` over the included rows; ``zeroed``: ``(tensor, count)``, whose first ``count``
+    (``g_sum``: also ``Σg``, for a bias; ``row_total``: ``(bias, row norms, eps, the fold's scale buffer with
+    the arrival counters)`` for the totals of ``Σ g (y − b)`` over the included rows; ``zeroed``: ``(tensor, count)``, whose first ``count``
     values the kernel zeroes: the angle gradients that the per-coordinate kernel accumulates).
 
     Returns ``(partial, splits, split_stride)``: per split of tokens, the rows described in the
@@ -999,13 +1013,13 @@ def _token_sums(
     )
     split_stride = (_N_COLUMN_SUMS + slots) * width + entries + col_blocks
     partial = torch.empty(splits * (split_stride + 1), dtype=torch.float32, device=g.device)
-    bias, norms, eps, counters = row_total if row_total is not None else (None, None, 0.0, partial)
+    bias, norms, eps, scale = row_total if row_total is not None else (None, None, 0.0, None)
     zero_ptr, n_zero = zeroed if zeroed is not None else (partial, 0)  # (a pointer even with nothing to zero)
-    pdl = LAUNCH_PDL and _programmatic_launch(g.device)
+    pdl = _programmatic_launch(g.device)
     _token_sums_kernel[(col_blocks + entry_blocks, splits)](
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
-        bias, norms, eps, counters, partial[splits * split_stride :], zero_ptr, n_zero,
+        bias, norms, eps, scale, zero_ptr, n_zero,
         HAS_Y=y is not None, G_SUM=g_sum, HAS_BIAS=bias is not None, ROW_TOTAL=row_total is not None, PARAMS=params,
         STATS_OUT=stats_out, STATS_IN=stats_in, BLOCK_SIZE=block_size,
         SLOTS=slots, OUTER=outer, BLOCK_T=block_t, BLOCK_C=block_c, BLOCK_E=_ENTRY_BLOCK,
@@ -1196,14 +1210,14 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
-            (bias, config["norms"], config["eps"], inner_scale[n + 2 :].view(torch.int32)) if logits_grads else None,
+            (bias, config["norms"], config["eps"], inner_scale) if logits_grads else None,
             (workspace, n_L + n_R),
         )  # fmt: skip
         cayley = config["cayley"]
         blocks, tail = _core_pointers(tuple(core_values))
         scale = inner_scale if mode >= _OER else scale_or_logits
         block, coordinate_warps = _coordinate_launch(slots)
-        pdl = LAUNCH_PDL and _programmatic_launch(g.device)
+        pdl = _programmatic_launch(g.device)
         _coordinate_grads_kernel[(_cdiv(width, block),)](
             partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
             1.0 / max(tokens, 1), blocks, tail, core_grad, pairs_L, theta_L, n_L, pairs_R, theta_R,
