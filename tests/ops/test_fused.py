@@ -192,6 +192,62 @@ def test_bf16_matches_fp32_reference(kind: str) -> None:
     assert rel_error(out, case.reference(x)) < 1e-2
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_lowrank_bf16_gradients_match_float64_reference(device: str, layout: str) -> None:
+    """The lowrank fold's skinny matmuls run in the activations' dtype: bf16 gradients of ``x``, ``A``, ``B``
+    and the scale against a dense float64 reference, the angles' against the float64 path (gradchecked)."""
+    n, m, tokens = 96, 80, 256
+    case = make_case("lowrank", n, m, seed=11, rank=4, a_L=20, a_R=16)
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(tokens, m, generator=gen, dtype=torch.float64)
+    grad = torch.randn(tokens, n, generator=gen, dtype=torch.float64)
+
+    # Dense float64 reference, differentiable in x, A, B and s (the rotations as fixed dense matrices).
+    rot_L = dense_rotation(case.pairs_L, case.theta_L, n, case.rotation_param)
+    rot_R = dense_rotation(case.pairs_R, case.theta_R, m, case.rotation_param)
+    ref_leaves = {"x": x, "A": case.params[0], "B": case.params[1], "scale": case.scale}
+    ref_leaves = {k: v.clone().requires_grad_() for k, v in ref_leaves.items()}
+    a0, b0 = case.offset
+    core, core_offset = case.spec.scale * ref_leaves["A"] @ ref_leaves["B"].T, case.spec.scale * a0 @ b0.T
+    dense = ref_leaves["scale"][:, None] * (case.weight + rot_L.T @ core @ rot_R - core_offset)
+    (ref_leaves["x"] @ dense.T + case.bias).backward(grad)
+
+    results = {}
+    for dtype in (torch.float64, torch.bfloat16):
+        leaves = {
+            "x": x.to(device, dtype),
+            "A": case.params[0].to(device, torch.float32),
+            "B": case.params[1].to(device, torch.float32),
+            "scale": case.scale.to(device, torch.float32),
+            "theta_L": case.theta_L.to(device, torch.float32),
+            "theta_R": case.theta_R.to(device, torch.float32),
+        }
+        leaves = {k: v.clone().requires_grad_() for k, v in leaves.items()}
+        weight = case.weight.to(device, dtype)
+        kwargs = case.kwargs() | {
+            "core_params": (leaves["A"], leaves["B"]),
+            "core_offset": tuple(p.to(device, torch.float32) for p in case.offset),
+            "pairs_L": case.pairs_L.to(device),
+            "pairs_R": case.pairs_R.to(device),
+            "theta_L": leaves["theta_L"],
+            "theta_R": leaves["theta_R"],
+            "scale": leaves["scale"],
+        }
+        out = jora_linear(
+            leaves["x"], weight if layout == "linear" else weight.T.contiguous(), case.bias.to(device, dtype),
+            weight_layout=layout, **kwargs,
+        )  # fmt: skip
+        out.backward(grad.to(device, dtype))
+        assert leaves["x"].grad.dtype == dtype
+        results[dtype] = {k: v.grad for k, v in leaves.items()}
+    for key, leaf in ref_leaves.items():
+        assert rel_error(results[torch.float64][key], leaf.grad) < 1e-5, key
+        assert rel_error(results[torch.bfloat16][key], leaf.grad) < 1e-2, key
+    for key in ("theta_L", "theta_R"):
+        assert rel_error(results[torch.bfloat16][key], results[torch.float64][key]) < 1e-2, key
+
+
 def test_statistics_once_per_backward_also_under_checkpointing() -> None:
     case = make_case("diag", 6, 5, seed=5, dtype=torch.float32)
     x = torch.randn(3, 4, 5)

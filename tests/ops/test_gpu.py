@@ -60,3 +60,43 @@ def test_bf16_triton_matches_torch_on_cuda(tokens: int, n: int, m: int, slots: i
         results[impl] = [out.detach()] + [leaves[k].grad for k in base if leaves[k].numel()]
     for got, expected in zip(results["triton"], results["torch"], strict=True):
         assert rel_error(got, expected) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("tokens", "n", "m", "slots", "rank"), [(8192, 2048, 3072, 256, 16), (4096, 4096, 1024, 512, 8)]
+)
+def test_lowrank_bf16_compiled_matches_fp32_eager_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, tokens: int, n: int, m: int, slots: int, rank: int
+) -> None:
+    """Lowrank core: bf16 activations with the compiled O(n + m) work against fp32 activations run eagerly
+    (fp32 matmuls): output and every gradient, large shapes."""
+    torch.manual_seed(tokens + n + rank)
+    dev = "cuda"
+    spec = CoreSpec("lowrank", n, m, rank=rank, alpha=2.0 * rank)
+    pairs_L = torch.randperm(n, device=dev)[: 2 * slots].view(slots, 2)
+    pairs_R = torch.randperm(m, device=dev)[: 2 * slots].view(slots, 2)
+    offset = (torch.randn(n, rank, device=dev) * 0.1, torch.randn(m, rank, device=dev) * 0.1)
+    base = {
+        "x": torch.randn(tokens, m, device=dev),
+        "theta_L": torch.randn(slots, device=dev),
+        "theta_R": torch.randn(slots, device=dev),
+        "A": torch.randn(n, rank, device=dev) * 0.1,
+        "B": torch.randn(m, rank, device=dev) * 0.1,
+        "scale": torch.rand(n, device=dev) + 0.5,
+    }
+    weight = torch.randn(n, m, device=dev) / m**0.5
+    grad = torch.randn(tokens, n, device=dev)
+    results = {}
+    for dtype, compile_flag in ((torch.float32, "0"), (torch.bfloat16, "1")):
+        monkeypatch.setenv("JORA_COMPILE", compile_flag)
+        leaves = {k: (v.to(dtype) if k == "x" else v).clone().requires_grad_() for k, v in base.items()}
+        out = jora_linear(
+            leaves["x"], weight.to(dtype), None, core=spec, core_params=(leaves["A"], leaves["B"]),
+            core_offset=offset, pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R,
+            theta_R=leaves["theta_R"], scale=leaves["scale"],
+        )  # fmt: skip
+        out.backward(grad.to(dtype))
+        results[dtype] = {"out": out.detach()} | {k: leaves[k].grad for k in base}
+    for key, expected in results[torch.float32].items():
+        assert rel_error(results[torch.bfloat16][key], expected) < 1e-2, key

@@ -18,6 +18,8 @@ __all__ = [
     "folded_input_grad",
     "folded_matmul",
     "output_side_grads",
+    "rotate_rows",
+    "rotate_rows_vjp",
     "side_tables",
     "theta_grad",
     "token_sums",
@@ -51,6 +53,36 @@ def side_tables(
         cos_full[both] = cos.to(dtype).repeat(2)
         sin_full[both] = torch.cat([sin, -sin]).to(dtype)
     return partner, cos_full, sin_full
+
+
+def rotate_rows(
+    v: torch.Tensor, partner: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, transpose: bool = False
+) -> torch.Tensor:
+    """``R v`` (or ``Rᵀ v``) for a side's tables acting on the rows of ``v`` ``[size, r]``.
+
+    ``(R v)_k = cos_k v_k + sin_k v_{partner_k}`` and ``(Rᵀ v)_k = cos_k v_k − sin_k v_{partner_k}`` (the
+    table's ``sin`` is antisymmetric over a pair).
+    """
+    return cos[:, None] * v + (-sin if transpose else sin)[:, None] * v[partner]
+
+
+def rotate_rows_vjp(
+    v: torch.Tensor,
+    grad: torch.Tensor,
+    partner: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    *,
+    transpose: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`rotate_rows` from ``grad = ∂L/∂(R v)``: ``(∂L/∂v, ∂L/∂cos, ∂L/∂sin)``.
+
+    ``∂L/∂v`` is the inverse rotation of ``grad``; the tables' gradients feed :func:`theta_grad`.
+    """
+    grad_v = rotate_rows(grad, partner, cos, sin, transpose=not transpose)
+    grad_cos = (grad * v).sum(1)
+    grad_sin = (grad * v[partner]).sum(1)
+    return grad_v, grad_cos, -grad_sin if transpose else grad_sin
 
 
 def fold_entries(
