@@ -240,7 +240,7 @@ def test_lowrank_bf16_gradients_match_float64_reference(device: str, layout: str
         )  # fmt: skip
         out.backward(grad.to(device, dtype))
         assert leaves["x"].grad.dtype == dtype
-        results[dtype] = {k: v.grad for k, v in leaves.items()}
+        results[dtype] = {k: v.grad.cpu() for k, v in leaves.items()}
     for key, leaf in ref_leaves.items():
         assert rel_error(results[torch.float64][key], leaf.grad) < 1e-5, key
         assert rel_error(results[torch.bfloat16][key], leaf.grad) < 1e-2, key

@@ -2,12 +2,13 @@
 
 ``R_Lᵀ (α/r) A Bᵀ R_R = (α/r) Ã B̃ᵀ`` with ``Ã = R_Lᵀ A`` and ``B̃ = R_Rᵀ B`` (rotations of the factors'
 rows through the sides' tables: O((n + m) r) work). The forward folds ``diag(s)(W + (α/r)(Ã B̃ᵀ − A₀ B₀ᵀ))``
-into the weight (one ``n×r×m`` product in fp32 and one pass over ``W``, rounded once) and runs one matmul.
+into the weight (one ``n×r×m`` product in the weight's dtype, fp32 accumulation, and one pass over ``W`` in
+fp32, rounded once) and runs one matmul.
 The backward reuses the folded weight for ``∂L/∂x`` and needs the four skinny token matmuls of a LoRA
 backward, in the activations' dtype (fp32 accumulation, as a LoRA under autocast):
 ``∂L/∂Ã = (α/r) diag(s) gᵀ (x B̃)`` and ``∂L/∂B̃ = (α/r) xᵀ (g diag(s) Ã)``; closed-form chain rules through
-the tables give the gradients of ``A``, ``B`` and the angles. The O(n + m) work runs as two pure functions
-(compiled on CUDA, :mod:`jora_ops._compile`).
+the tables give the gradients of ``A``, ``B`` and the angles. The O((n + m) r) work runs as one pure function
+per direction (compiled on CUDA, :mod:`jora_ops._compile`: a handful of fused kernels and one call's host cost).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["LowRankFold", "lowrank_fold_backward", "lowrank_fold_forward"]
 @dataclass
 class LowRankFold(FoldState):
     """What the forward keeps for the backward: the folded weight, the rotation tables and the factors the
-    skinny matmuls need, ``s ⊙ Ã`` ``[n, r]`` and ``B̃`` ``[m, r]`` (fp32)."""
+    skinny matmuls need, ``s ⊙ Ã`` ``[n, r]`` and ``B̃`` ``[m, r]`` (in the activations' dtype)."""
 
     scaled_a: torch.Tensor
     rotated_b: torch.Tensor
@@ -56,8 +57,13 @@ def _fold(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
+    activation_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, ...]:
-    """The folded weight, the six tables, ``s ⊙ Ã`` and ``B̃`` (a pure function: compiled on CUDA)."""
+    """The folded weight, the six tables, ``s ⊙ Ã`` and ``B̃`` (a pure function: compiled on CUDA).
+
+    The rank-``2r`` product runs in the weight's dtype (for bf16 its factors' rounding stays under the folded
+    weight's own); the sum with ``W`` and the scale in fp32.
+    """
     n, m = factor_a.shape[0], factor_b.shape[0]
     dtype = torch.promote_types(weight.dtype, torch.float32)
     partner_L, cos_L, sin_L = side_tables(pairs_L, *rotation_cos_sin(theta_L, rotation_param), n, dtype)
@@ -69,12 +75,16 @@ def _fold(
         left = torch.cat([left, -core_scale * offset_a.to(dtype)], dim=1)
         right = torch.cat([right, offset_b.to(dtype)], dim=1)
     s = scale.to(dtype) if scale is not None else torch.ones(n, dtype=dtype, device=weight.device)
+    left, right = left.to(weight.dtype), right.to(weight.dtype)
     if layout == "linear":
-        merged = (weight.to(dtype) + left @ right.T) * s[:, None]
+        merged = (weight.to(dtype) + (left @ right.T).to(dtype)) * s[:, None]
     else:
-        merged = (weight.to(dtype) + right @ left.T) * s[None, :]
-    scaled_a = rotated_a * s[:, None]
-    return merged.to(weight.dtype), partner_L, cos_L, sin_L, partner_R, cos_R, sin_R, scaled_a, rotated_b
+        merged = (weight.to(dtype) + (right @ left.T).to(dtype)) * s[None, :]
+    scaled_a = (rotated_a * s[:, None]).to(activation_dtype)
+    return (
+        merged.to(weight.dtype), partner_L, cos_L, sin_L, partner_R, cos_R, sin_R, scaled_a,
+        rotated_b.to(activation_dtype),
+    )  # fmt: skip
 
 
 def lowrank_fold_forward(
@@ -97,38 +107,53 @@ def lowrank_fold_forward(
         *run(
             _fold, compile_enabled(x), weight, layout, scale, params[0], params[1],
             offset[0] if offset else None, offset[1] if offset else None, core.scale, pairs_L, theta_L,
-            pairs_R, theta_R, rotation_param,
+            pairs_R, theta_R, rotation_param, x.dtype,
         )
     )  # fmt: skip
     return folded_matmul(x, fold.folded, bias, layout), fold
 
 
 def _factor_grads(
-    factor: torch.Tensor,
-    grad_product: torch.Tensor,
-    row_scale: torch.Tensor | None,
+    factor_a: torch.Tensor,
+    factor_b: torch.Tensor,
+    product_a: torch.Tensor,
+    product_b: torch.Tensor,
+    scale: torch.Tensor | None,
     core_scale: float,
-    partner: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    pairs: torch.Tensor,
-    theta: torch.Tensor,
+    partner_L: torch.Tensor,
+    cos_L: torch.Tensor,
+    sin_L: torch.Tensor,
+    partner_R: torch.Tensor,
+    cos_R: torch.Tensor,
+    sin_R: torch.Tensor,
+    pairs_L: torch.Tensor,
+    theta_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    theta_R: torch.Tensor,
     rotation_param: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of a factor and its side's angles (a pure function: compiled on CUDA).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of ``A``, ``B``, ``θ_L`` and ``θ_R`` (a pure function: compiled on CUDA).
 
-    ``∂L/∂(Rᵀ factor) = core_scale · row_scale ⊙ grad_product``, with ``grad_product`` the skinny matmul's
-    result (``gᵀ (x B̃)`` or ``xᵀ (g (s ⊙ Ã))``).
+    ``product_a = gᵀ (x B̃)`` and ``product_b = xᵀ (g (s ⊙ Ã))`` are the skinny matmuls' results:
+    ``∂L/∂Ã = (α/r) s ⊙ product_a`` and ``∂L/∂B̃ = (α/r) product_b``.
     """
-    dtype = cos.dtype
-    grad_rotated = core_scale * grad_product.to(dtype)
-    if row_scale is not None:
-        grad_rotated = grad_rotated * row_scale.to(dtype)[:, None]
-    grad_factor, grad_cos, grad_sin = rotate_rows_vjp(
-        factor.to(dtype), grad_rotated, partner, cos, sin, transpose=True
+    dtype = cos_L.dtype
+    grad_rotated_a = core_scale * product_a.to(dtype)
+    if scale is not None:
+        grad_rotated_a = grad_rotated_a * scale.to(dtype)[:, None]
+    grad_rotated_b = core_scale * product_b.to(dtype)
+    grad_a, grad_cos_L, grad_sin_L = rotate_rows_vjp(
+        factor_a.to(dtype), grad_rotated_a, partner_L, cos_L, sin_L, transpose=True
     )
-    grad_theta = theta_grad(pairs, theta, cos, sin, grad_cos, grad_sin, rotation_param)
-    return grad_factor.to(factor.dtype), grad_theta
+    grad_b, grad_cos_R, grad_sin_R = rotate_rows_vjp(
+        factor_b.to(dtype), grad_rotated_b, partner_R, cos_R, sin_R, transpose=True
+    )
+    return (
+        grad_a.to(factor_a.dtype),
+        grad_b.to(factor_b.dtype),
+        theta_grad(pairs_L, theta_L, cos_L, sin_L, grad_cos_L, grad_sin_L, rotation_param),
+        theta_grad(pairs_R, theta_R, cos_R, sin_R, grad_cos_R, grad_sin_R, rotation_param),
+    )
 
 
 def lowrank_fold_backward(
@@ -159,24 +184,20 @@ def lowrank_fold_backward(
     if needs["x"]:
         grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
     output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
+    wanted = [key for key in ("A", "B", "theta_L", "theta_R") if needs[key]]
+    if not wanted:
+        return grads
     n, m = grad_out.shape[-1], x.shape[-1]
     g = grad_out.reshape(-1, n)
     xs = x.reshape(-1, m)
-    compiled = compile_enabled(x)
-    # Each side: two skinny matmuls in the activations' dtype, then the closed-form chain rule.
-    if needs["A"] or needs["theta_L"]:
-        x_b = (xs @ fold.rotated_b.to(xs.dtype)).to(g.dtype)  # [T, r]
-        grads["A"], grads["theta_L"] = run(
-            _factor_grads, compiled, params[0], g.T @ x_b, scale, core.scale, fold.partner_L, fold.cos_L,
-            fold.sin_L, pairs_L, theta_L, rotation_param,
-        )  # fmt: skip
-    if needs["B"] or needs["theta_R"]:
-        g_a = (g @ fold.scaled_a.to(g.dtype)).to(xs.dtype)  # [T, r]
-        grads["B"], grads["theta_R"] = run(
-            _factor_grads, compiled, params[1], xs.T @ g_a, None, core.scale, fold.partner_R, fold.cos_R,
-            fold.sin_R, pairs_R, theta_R, rotation_param,
-        )  # fmt: skip
-    for key in ("A", "B", "theta_L", "theta_R"):
-        if not needs[key]:
-            grads[key] = None
+    # The four skinny token matmuls of a LoRA backward, in the activations' dtype.
+    product_a = g.T @ (xs @ fold.rotated_b).to(g.dtype)  # [n, r]
+    product_b = xs.T @ (g @ fold.scaled_a.to(g.dtype)).to(xs.dtype)  # [m, r]
+    factor_grads = run(
+        _factor_grads, compile_enabled(x), params[0], params[1], product_a, product_b, scale, core.scale,
+        fold.partner_L, fold.cos_L, fold.sin_L, fold.partner_R, fold.cos_R, fold.sin_R, pairs_L, theta_L,
+        pairs_R, theta_R, rotation_param,
+    )  # fmt: skip
+    for key, value in zip(("A", "B", "theta_L", "theta_R"), factor_grads, strict=True):
+        grads[key] = value if key in wanted else None
     return grads
