@@ -1,4 +1,5 @@
-"""Compile the sparse-core Triton kernels for a Hopper target (sm_90) without a GPU: frontend, passes, ptxas.
+"""Compile the sparse-core and lowrank Triton kernels for a Hopper target (sm_90) without a GPU: frontend,
+passes, ptxas.
 
 Run as a script (``TRITON_INTERPRET`` must be unset: under the interpreter the kernels are not compiled).
 Prints one line per kernel variant with its resource usage when ``cuobjdump`` is available; exits non-zero
@@ -18,19 +19,22 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from jora_ops import _lowrank_triton as lowrank
 from jora_ops import _sparse_core_triton as kernels
 
 TARGET = GPUTarget("cuda", 90, 32)
-_FLOAT_ARGS = {"eps", "alpha", "inv_tokens"}
+_FLOAT_ARGS = {"eps", "alpha", "inv_tokens", "core_scale"}
 _INT64_POINTERS = {"pairs_L_ptr", "pairs_R_ptr"}
 _BF16_POINTERS = {"w_ptr", "folded_ptr", "g_ptr", "y_ptr", "x_ptr", "bias_ptr"}
 
 
-def _signature(fn: Any, constexprs: dict[str, Any]) -> dict[str, str]:
+def _signature(fn: Any, constexprs: dict[str, Any], pointer_types: dict[str, str]) -> dict[str, str]:
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
             signature[name] = "constexpr"
+        elif name in pointer_types:
+            signature[name] = pointer_types[name]
         elif name in _INT64_POINTERS:
             signature[name] = "*i64"
         elif name in _BF16_POINTERS:
@@ -53,11 +57,14 @@ def _resources(cubin: bytes) -> str:
     return next((line.strip() for line in out.splitlines() if "REG:" in line), "(no resource line)")
 
 
-def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> str:
-    """Compile one variant; returns its resource line. Pointers and integers are marked 16-divisible, as the
-    launcher specialises them at run time (aligned tensors, d a multiple of 16): the vector widths, and the
-    pipelining they allow, are those of the GPU run."""
-    signature = _signature(fn, constexprs)
+def compile_kernel(
+    fn: Any, constexprs: dict[str, Any], num_warps: int = 4, pointer_types: dict[str, str] | None = None
+) -> str:
+    """Compile one variant (``pointer_types``: pointer types other than the defaults, which are bf16 for the
+    weight and the activations, int64 for the pair tables and fp32 else); returns its resource line. Pointers and integers are marked 16-divisible, as the launcher specialises them
+    at run time (aligned tensors, d a multiple of 16): the vector widths, and the pipelining they allow, are
+    those of the GPU run."""
+    signature = _signature(fn, constexprs, pointer_types or {})
     source = ASTSource(
         fn=fn,
         signature=signature,
@@ -72,14 +79,16 @@ def compile_kernel(fn: Any, constexprs: dict[str, Any], num_warps: int = 4) -> s
     return _resources(compiled.asm["cubin"])
 
 
-def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
+def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
     """Every kernel for b = 1 (diag), 3 (gathered slot sums) and 4, 16 (outer-product slot sums) with every
     option on; the diag token sums of the steady state (two accumulators: one warp) and with long splits; and
     the token sums without parameters (``column_sums_triton``, with the ``None`` pointers of its launch: a
     ``None`` pointer compiles only where no code that runs can touch it); the diag backward's two kernels as
     programmatic dependent launches (grid-dependency control, sm_90) and the steady-state token sums at
-    d = 2048 (tile-reduced accumulators). Launch shapes come from the module's own geometry functions, at
-    T = 8192 (32768 for the long splits) and d = 4096."""
+    d = 2048 (tile-reduced accumulators). The lowrank core's kernels at rank 16 with an offset (bf16 weights
+    and activations; the fold also for fp32 weights, exact products) and its output-side per-coordinate
+    launch (no core parameters, no rotation tables). Launch shapes come from the modules' own geometry
+    functions and constants, at T = 8192 (32768 for the long splits) and d = 4096."""
     out = []
 
     def token_sums(name: str, b: int, tokens: int, more: bool, width: int = 4096, **flags: Any) -> None:
@@ -110,6 +119,26 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int]]:
     token_sums("token sums b=1 long splits", 1, 32768, False)
     token_sums("column sums (no params)", 1, 8192, True, HAS_BIAS=False, ROW_TOTAL=False, bias_ptr=None,
                norms_ptr=None, scale_ptr=None, PARAMS=False)  # fmt: skip
+    out = [(*variant, {}) for variant in out]
+    rank = 16
+    bf16 = {name: "*bf16" for name in ("left_ptr", "right_ptr", "scaled_a_ptr", "rotated_b_ptr", "product_a_ptr",
+                                       "product_b_ptr")}  # fmt: skip
+    out.append(("lowrank factors", lowrank._lowrank_factors_kernel, {"MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
+                "BLOCK_ROWS": lowrank.LOWRANK_ROWS, "BLOCK_R": rank, "BLOCK_K": 2 * rank, "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK,
+                "BLOCK_S": 32, "SPLIT_COUNTERS": kernels._SPLIT_COUNTERS}, 4, bf16))  # fmt: skip
+    block_m, block_n, warps = lowrank.LOWRANK_FOLD_BLOCKS
+    fold = {"HAS_SCALE": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 2 * rank, "stride_col": 1}
+    out.append(("lowrank fold", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "tf32"}, warps, bf16))
+    fp32 = {name: "*fp32" for name in ("w_ptr", "folded_ptr", "left_ptr", "right_ptr")}
+    out.append(("lowrank fold fp32", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "ieee"}, warps, fp32))
+    out.append(("lowrank factor grads", lowrank._lowrank_factor_grads_kernel, {"HAS_SCALE": True, "THETA_L_GRAD": True,
+                "THETA_R_GRAD": True, "CAYLEY": True, "BLOCK_ROWS": lowrank.LOWRANK_ROWS, "BLOCK_R": rank, "BLOCK_S": 32},
+                4, bf16))  # fmt: skip
+    out.append(("coordinate grads, output side", kernels._coordinate_grads_kernel, {"HAS_SCALE": True, "HAS_BIAS": True,
+                "SCALE_GRAD": True, "BIAS_GRAD": True, "G_SUM": True, "PARAMS": False, "STATS_OUT": True, "STATS_IN": True,
+                "CAYLEY": True, "BLOCK_SIZE": 1, "SLOTS": 1, "BLOCK": kernels._coordinate_launch(1)[0], "BLOCK_S": 32,
+                "BLOCK_SPLITS": 64, "MODE": 2, "LOGITS_GRAD": True, "THETA_L_GRAD": False, "THETA_R_GRAD": False,
+                "PDL": True, "tables_ptr": None}, kernels._coordinate_launch(1)[1], {}))  # fmt: skip
     return out
 
 
@@ -117,8 +146,8 @@ def main() -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("TRITON_INTERPRET is set: nothing is compiled under the interpreter", file=sys.stderr)
         return 2
-    for name, fn, constexprs, warps in variants():
-        print(f"{name:28s} {compile_kernel(fn, constexprs, warps)}", flush=True)
+    for name, fn, constexprs, warps, pointer_types in variants():
+        print(f"{name:30s} {compile_kernel(fn, constexprs, warps, pointer_types)}", flush=True)
     return 0
 
 

@@ -1,9 +1,10 @@
-"""The Triton kernels of the diag and block cores (``jora_ops._sparse_core_triton``) against the float64 references.
+"""The Triton kernels of the diag, block and lowrank cores (``jora_ops._sparse_core_triton``,
+``jora_ops._lowrank_triton``) against the float64 references.
 
 Outputs are compared with the dense float64 reference; every gradient with the float64 torch path (itself
 gradchecked in ``test_fused.py``) to 1e-5 relative, the magnitude logits' gradient to 1e-5 of its size before
 cancellation (OER's ``(a − p Σa)/2T`` can cancel many digits at small ``n``; the bound is the same where
-nothing cancels). Cores and block sizes (powers of two and not, up to the kernels' limit),
+nothing cancels). Cores, block sizes (powers of two and not, up to the kernels' limit) and ranks,
 shapes, layouts, magnitude modes, rotation parameterisations, offsets, biases, empty ``-1`` slots and slot
 counts above one kernel block are drawn by hypothesis. On CPU the kernels
 run under ``TRITON_INTERPRET=1`` (CI); on a CUDA machine on the GPU.
@@ -27,16 +28,22 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ("none", "scale", "oer_softmax", "ecd_tanh")
 ECD_ALPHA = 0.4
-_CORE_PARAMS = {"diag": ("diag",), "block": ("blocks", "tail")}
+_CORE_PARAMS = {"diag": ("diag",), "block": ("blocks", "tail"), "lowrank": ("A", "B")}
+LOWRANK_ALPHA = 3.0
 
 
 def _core_spec(setup: dict) -> CoreSpec:
-    return CoreSpec(setup["core"], setup["n"], setup["m"], block_size=setup["block_size"])
+    """The drawn core; ``block_size`` is the lowrank core's rank."""
+    size = setup["block_size"]
+    return CoreSpec(setup["core"], setup["n"], setup["m"], block_size=size, rank=size, alpha=LOWRANK_ALPHA)
 
 
-def _core_values(kind: str, d: int, block_size: int, rand) -> tuple[torch.Tensor, ...]:
+def _core_values(kind: str, n: int, m: int, block_size: int, rand) -> tuple[torch.Tensor, ...]:
+    d = min(n, m)
     if kind == "diag":
         return (rand(d),)
+    if kind == "lowrank":
+        return rand(n, block_size), rand(m, block_size)
     return rand(d // block_size, block_size, block_size), rand(d % block_size)
 
 
@@ -101,10 +108,13 @@ def _dense_reference(inputs: dict, setup: dict) -> torch.Tensor:
     kind, block_size = setup["core"], setup["block_size"]
     active_L, active_R = setup["active_L"], setup["active_R"]
     s = _reference_scale(inputs, setup)
+    core_scale = _core_spec(setup).scale
     dense = adapted_weight(
         setup["weight"],
-        dense_core(kind, tuple(inputs[name] for name in _CORE_PARAMS[kind]), n, m, block_size),
-        dense_core(kind, setup["offset"], n, m, block_size) if setup["offset"] is not None else None,
+        dense_core(kind, tuple(inputs[name] for name in _CORE_PARAMS[kind]), n, m, block_size, core_scale),
+        dense_core(kind, setup["offset"], n, m, block_size, core_scale)
+        if setup["offset"] is not None
+        else None,
         dense_rotation(setup["pairs_L"][:active_L], inputs["theta_L"][:active_L], n, setup["rotation_param"]),
         dense_rotation(setup["pairs_R"][:active_R], inputs["theta_R"][:active_R], m, setup["rotation_param"]),
         s,
@@ -128,9 +138,11 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
     active_R = data.draw(st.integers(0, slots_R), label="active_R")
     mode = data.draw(st.sampled_from(MODES), label="mode")
     kind = data.draw(st.sampled_from(list(_CORE_PARAMS)), label="core")
-    block_size = (
-        data.draw(st.integers(1, TRITON_MAX_BLOCK_SIZE), label="block_size") if kind == "block" else 1
-    )
+    block_size = 1
+    if kind == "block":
+        block_size = data.draw(st.integers(1, TRITON_MAX_BLOCK_SIZE), label="block_size")
+    elif kind == "lowrank":
+        block_size = data.draw(st.integers(1, 9), label="rank")
     row_norms = (torch.rand(n, generator=gen, dtype=torch.float64) + 0.5).float().double()
     if n > 1:
         row_norms[data.draw(st.integers(0, n - 1), label="excluded_row")] = 0.0  # a row outside the energy
@@ -147,7 +159,7 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
         "active_L": active_L,
         "active_R": active_R,
         "weight": (rand(n, m) / m**0.5).float().double(),
-        "offset": _core_values(kind, min(n, m), block_size, rand)
+        "offset": _core_values(kind, n, m, block_size, rand)
         if data.draw(st.booleans(), label="offset")
         else None,
         "row_norms": row_norms,
@@ -159,7 +171,7 @@ def _make(n: int, m: int, tokens: int, seed: int, data: st.DataObject) -> tuple[
         "theta_L": rand(slots_L),
         "theta_R": rand(slots_R),
     }
-    inputs.update(zip(_CORE_PARAMS[kind], _core_values(kind, min(n, m), block_size, rand), strict=True))
+    inputs.update(zip(_CORE_PARAMS[kind], _core_values(kind, n, m, block_size, rand), strict=True))
     if data.draw(st.booleans(), label="bias"):
         inputs["bias"] = rand(n)
     if mode == "scale":
@@ -234,7 +246,8 @@ def _random_problem(
     torch.Tensor, torch.Tensor, CoreSpec, tuple[str, ...], dict[str, torch.Tensor], torch.Tensor, torch.Tensor
 ]:
     """``(x, weight, spec, core names, leaves, pairs_L, pairs_R)`` of a random fp32 problem: ``slots`` random
-    pairs per side, the ``core`` (``"diag"`` or ``"block"``) and the angles and logits as leaves."""
+    pairs per side, the ``core`` (``"diag"``, ``"block"`` or ``"lowrank"`` of rank ``block_size``) and the angles
+    and logits as leaves."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(tokens, m, generator=gen)
     weight = torch.randn(n, m, generator=gen) / m**0.5
@@ -243,6 +256,12 @@ def _random_problem(
     d = min(n, m)
     if core == "diag":
         spec, values = CoreSpec("diag", n, m), {"diag": torch.randn(d, generator=gen)}
+    elif core == "lowrank":
+        spec = CoreSpec("lowrank", n, m, rank=block_size, alpha=LOWRANK_ALPHA)
+        values = {
+            "A": torch.randn(n, block_size, generator=gen),
+            "B": torch.randn(m, block_size, generator=gen),
+        }
     else:
         spec = CoreSpec("block", n, m, block_size=block_size)
         values = {"blocks": torch.randn(d // block_size, block_size, block_size, generator=gen),
@@ -291,15 +310,18 @@ def _assert_triton_matches_torch_path(
 
 
 @pytest.mark.parametrize(
-    ("slots", "block_size"), [(31, 0), (33, 0), (70, 0), (70, 2), (40, 3), (70, 4), (33, 8), (40, 16)]
-)
-def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(slots: int, block_size: int) -> None:
+    ("core", "slots", "block_size"),
+    [("diag", 31, 1), ("diag", 33, 1), ("diag", 70, 1), ("block", 70, 2), ("block", 40, 3), ("block", 70, 4),
+     ("block", 33, 8), ("block", 40, 16), ("lowrank", 70, 3), ("lowrank", 33, 16)],
+)  # fmt: skip
+def test_triton_handles_many_slots_coordinate_blocks_and_token_splits(
+    core: str, slots: int, block_size: int
+) -> None:
     """More slots than the kernels' slot block (32), several coordinate blocks and token splits: the lookups
-    loop over slot blocks, the block sums' tiles start at block boundaries (diag: ``block_size=0``)."""
+    loop over slot blocks, the block sums' tiles start at block boundaries (lowrank: ``block_size`` is the
+    rank; several fold tiles)."""
     n, m = 2 * slots + 3 + 4 * block_size, 2 * slots + 7
-    problem = _random_problem(
-        n, m, 600, slots, "block" if block_size else "diag", block_size, slots + block_size
-    )
+    problem = _random_problem(n, m, 600, slots, core, block_size, slots + block_size)
     _assert_triton_matches_torch_path(*problem, "oer_softmax", 1.0)
 
 
@@ -376,7 +398,8 @@ def _poison_allocations(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("core", "block_size", "magnitude_kind"), [("diag", 1, "oer_softmax"), ("block", 4, "ecd_tanh")]
+    ("core", "block_size", "magnitude_kind"),
+    [("diag", 1, "oer_softmax"), ("block", 4, "ecd_tanh"), ("lowrank", 5, "oer_softmax")],
 )
 def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: str, block_size: int,
                                          magnitude_kind: str) -> None:  # fmt: skip
@@ -384,30 +407,29 @@ def test_triton_reads_only_what_it_wrote(monkeypatch: pytest.MonkeyPatch, core: 
     torch path: the kernels never read a value they did not write in the same call (the angle gradients are
     accumulated on a zero that the token sums write, the logits' gradient reads the token sums' per-split
     totals, whose arrival counters the fold zeroes behind the scale with ``E_incl``/``κ``, the folded weight is
-    written in full)."""
+    written in full; the lowrank update's zero padding is written by its factors kernel)."""
     _poison_allocations(monkeypatch)
     problem = _random_problem(70, 52, 300, 9, core, block_size, block_size)
     _assert_triton_matches_torch_path(*problem, magnitude_kind, 0.8)
 
 
 @pytest.mark.parametrize("frozen", ["theta_L", "theta_R", "core", "logits", "theta_L,theta_R,core"])
-@pytest.mark.parametrize("block_size", [1, 3])
-def test_triton_gradients_with_a_frozen_leaf(frozen: str, block_size: int) -> None:
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3), ("lowrank", 2)])
+def test_triton_gradients_with_a_frozen_leaf(frozen: str, core: str, block_size: int) -> None:
     """A leaf without ``requires_grad`` gets no gradient and the others still match the torch path (the
     kernels specialise on which gradients are needed, e.g. skip the columns' pass without θ_R; with the
     rotations and the core frozen the fold writes no rotation tables and only the scale's chain runs)."""
-    problem = _random_problem(23, 17, 90, 5, "diag" if block_size == 1 else "block", block_size, block_size)
-    core = problem[3]
+    problem = _random_problem(23, 17, 90, 5, core, block_size, block_size)
+    names = problem[3]
     _assert_triton_matches_torch_path(
         *problem, "oer_softmax", 0.9,
-        frozen=tuple(k for name in frozen.split(",") for k in (core if name == "core" else (name,))),
+        frozen=tuple(k for name in frozen.split(",") for k in (names if name == "core" else (name,))),
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("block_size", [1, 4])
-def test_triton_forward_without_grad_mode_matches_torch_path(block_size: int) -> None:
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 4), ("lowrank", 3)])
+def test_triton_forward_without_grad_mode_matches_torch_path(core: str, block_size: int) -> None:
     """Under ``torch.no_grad`` (no backward follows: no rotation tables) the Triton output matches torch's."""
-    core = "diag" if block_size == 1 else "block"
     x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(
         21, 26, 70, 6, core, block_size, 40 + block_size
     )
@@ -428,7 +450,7 @@ def test_triton_forward_without_grad_mode_matches_torch_path(block_size: int) ->
     assert rel_error(outputs["triton"], outputs["torch"]) < 1e-5
 
 
-@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3)])
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3), ("lowrank", 4)])
 def test_triton_second_backward_of_one_forward_repeats_the_first(monkeypatch: pytest.MonkeyPatch, core: str,
                                                                  block_size: int) -> None:  # fmt: skip
     """Two backwards of one forward (``retain_graph``) give the same gradients, so they accumulate to exactly

@@ -371,25 +371,16 @@ def _row_scale(
 
 
 @triton.jit
-def _fold_kernel(
-    w_ptr, folded_ptr, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr,
-    blocks_ptr, tail_ptr, offset_blocks_ptr, offset_tail_ptr, pairs_L_ptr, theta_L_ptr, n_L,
-    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha, tables_ptr,
-    MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_S: tl.constexpr, TABLES: tl.constexpr, SPLIT_COUNTERS: tl.constexpr,
+def _forward_scale(
+    rows, row_ok, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha,
+    MODE: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_COUNTERS: tl.constexpr,
 ):  # fmt: skip
-    """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s``, and
-    with a magnitude (program 0) ``E_incl`` and ECD's ``κ`` after it (``scale_out[n:n + 2]``, for the backward)
-    and zeroes the ``SPLIT_COUNTERS`` arrival counters of the backward's token sums after those,
-    and with ``TABLES`` the rotation tables of every coordinate (:func:`_write_rotation_tables`, for the
-    per-coordinate kernel of the backward; the programs share the ``max(n, m)`` coordinates).
+    """``s`` at ``rows`` in a forward kernel (1 without a scale, the given one, or from the magnitude logits).
 
-    Row ``k``'s entries, per slot ``t`` (``q = partner_L(k)``, ``j = col(k, t)``, ``j' = col(q, t)``):
-    ``E1`` at ``j``, ``E2`` at ``partner_R(j)``, ``E3`` at ``j'``, ``E4`` at ``partner_R(j')``.
+    With a magnitude it is also stored to ``scale_out``, and program 0 stores ``E_incl`` and ECD's ``κ`` after
+    it (``scale_out[n:n + 2]``, for the backward) and zeroes the ``SPLIT_COUNTERS`` arrival counters of the
+    backward's token sums after those.
     """
-    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
-    row_ok = rows < n_out
     normaliser = 0.0
     if MODE >= 2:
         normaliser, energy = _magnitude_normaliser(
@@ -403,6 +394,32 @@ def _fold_kernel(
     s = _row_scale(rows, row_ok, scale_ptr, logits_ptr, norms_ptr, temp_ptr, normaliser, eps, alpha, MODE)
     if MODE >= 2:
         tl.store(scale_out_ptr + rows, s, mask=row_ok)
+    return s
+
+
+@triton.jit
+def _fold_kernel(
+    w_ptr, folded_ptr, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr,
+    blocks_ptr, tail_ptr, offset_blocks_ptr, offset_tail_ptr, pairs_L_ptr, theta_L_ptr, n_L,
+    pairs_R_ptr, theta_R_ptr, n_R, n_out, n_in, n_diag, full, stride_row, stride_col, eps, alpha, tables_ptr,
+    MODE: tl.constexpr, HAS_OFFSET: tl.constexpr, CAYLEY: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    SLOTS: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_S: tl.constexpr, TABLES: tl.constexpr, SPLIT_COUNTERS: tl.constexpr,
+):  # fmt: skip
+    """``folded = diag(s)(W + ΔW)`` for a block of rows (logical ``[n, m]``; any strides); writes ``s`` and what
+    the backward needs beside it (:func:`_forward_scale`), and with ``TABLES`` the rotation tables of every
+    coordinate (:func:`_write_rotation_tables`, for the per-coordinate kernel of the backward; the programs
+    share the ``max(n, m)`` coordinates).
+
+    Row ``k``'s entries, per slot ``t`` (``q = partner_L(k)``, ``j = col(k, t)``, ``j' = col(q, t)``):
+    ``E1`` at ``j``, ``E2`` at ``partner_R(j)``, ``E3`` at ``j'``, ``E4`` at ``partner_R(j')``.
+    """
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    row_ok = rows < n_out
+    s = _forward_scale(
+        rows, row_ok, scale_out_ptr, scale_ptr, logits_ptr, norms_ptr, energy_ptr, temp_ptr, n_out, eps, alpha,
+        MODE, BLOCK_N, SPLIT_COUNTERS,
+    )  # fmt: skip
     row_off = rows[:, None].to(tl.int64) * stride_row
     # 1. the scaled copy s ⊙ W: a pure stream (no per-element index work, few registers); two tiles loaded
     # before either is stored (the compiler may not move a load above a store to a pointer it cannot tell apart)
@@ -1282,22 +1299,11 @@ def sparse_core_linear_triton(
     m = x.shape[-1]
     n_diag = min(n, m)
     full = core_values[0].numel() if len(core_values) == 1 else core_values[0].shape[0] * block_size
-    if magnitude is not None:
-        mode = _MAGNITUDE_MODES[magnitude.kind]
-        scale_slot = magnitude.logits
-        norms, energy = magnitude.row_norms, _as_device_scalar(magnitude.total_energy, x)
-        temperature, eps, alpha = (
-            _as_device_scalar(magnitude.temperature, x),
-            magnitude.eps,
-            magnitude.ecd_alpha,
-        )
-    else:
-        mode = _GIVEN_SCALE if scale is not None else _NO_SCALE
-        scale_slot, norms, energy, temperature, eps, alpha = scale, None, None, None, 0.0, 0.0
+    scale_slot, scale_config = scale_inputs(scale, magnitude, x)
     config = {
+        **scale_config,
         "pairs_L": pairs_L.contiguous(),
         "pairs_R": pairs_R.contiguous(),
-        "mode": mode,
         "n": n,
         "m": m,
         "n_diag": n_diag,
@@ -1306,11 +1312,6 @@ def sparse_core_linear_triton(
         "slots": _next_power_of_2(block_size),
         "layout": layout,
         "offset": tuple(v.contiguous() for v in core_offset) if core_offset is not None else None,
-        "norms": norms,
-        "energy": energy,
-        "temperature": temperature,
-        "eps": float(eps),
-        "alpha": float(alpha),
         "cayley": rotation_param == "cayley",
         "stats_in": stats_in,
         "stats_out": stats_out,
@@ -1320,3 +1321,23 @@ def sparse_core_linear_triton(
         and (theta_L.requires_grad or theta_R.requires_grad or any(v.requires_grad for v in core_values)),
     }
     return _SparseCoreLinearTriton.apply(config, x, weight, bias, theta_R, theta_L, scale_slot, *core_values)
+
+
+def scale_inputs(
+    scale: torch.Tensor | None, magnitude: Magnitude | None, like: torch.Tensor
+) -> tuple[torch.Tensor | None, dict[str, Any]]:
+    """The scale slot of a Triton autograd function (the given scale, or the magnitude's logits) and the
+    launch configuration of the scale: ``mode``, ``norms``, ``energy``, ``temperature`` (device scalars),
+    ``eps`` and ``alpha``."""
+    if magnitude is None:
+        mode = _GIVEN_SCALE if scale is not None else _NO_SCALE
+        config = {"mode": mode, "norms": None, "energy": None, "temperature": None, "eps": 0.0, "alpha": 0.0}
+        return scale, config
+    return magnitude.logits, {
+        "mode": _MAGNITUDE_MODES[magnitude.kind],
+        "norms": magnitude.row_norms,
+        "energy": _as_device_scalar(magnitude.total_energy, like),
+        "temperature": _as_device_scalar(magnitude.temperature, like),
+        "eps": float(magnitude.eps),
+        "alpha": float(magnitude.ecd_alpha),
+    }
