@@ -4,7 +4,8 @@ The per-coordinate kernel accumulates each angle gradient from two atomic adds o
 of the slot), and every program sums the same per-block totals for the logits' gradient. Both must give
 bitwise-equal gradients across identical runs (``0 + a + b`` is the same in either order); everything else
 in the backward is deterministic (fixed splits, no other atomics). Checked for the diag core with OER and
-angles, and the block core (b = 4) with ECD, Cayley angles and a bias; errors vs the torch path too.
+angles, the block core (b = 4) with ECD, Cayley angles and a bias, and the lowrank core (r = 16, its factor
+kernel adds the angle shares the same way) with OER; errors vs the torch path too.
 python benchmarks/gpu_determinism_check.py
 """
 
@@ -23,9 +24,12 @@ def check(core: str, magnitude: str, rotation_param: str, with_bias: bool, runs:
     x = torch.randn(T, d, device=dev)
     weight = torch.randn(d, d, device=dev) / d**0.5
     grad = torch.randn(T, d, device=dev)
-    spec = CoreSpec(core, d, d, block_size=b)
+    spec = CoreSpec(core, d, d, block_size=b, rank=16, alpha=32.0)
     if core == "diag":
         core_params = (torch.randn(d, device=dev, requires_grad=True),)
+    elif core == "lowrank":
+        core_params = tuple(torch.randn(d, 16, device=dev, requires_grad=True) * 0.1 for _ in range(2))
+        core_params = tuple(p.detach().requires_grad_() for p in core_params)
     else:
         core_params = (torch.randn(d // b, b, b, device=dev, requires_grad=True), torch.zeros(0, device=dev))
     logits = torch.randn(d, device=dev, requires_grad=True)
@@ -33,7 +37,9 @@ def check(core: str, magnitude: str, rotation_param: str, with_bias: bool, runs:
     theta = [torch.randn(S, device=dev, requires_grad=True) for _ in range(2)]
     pairs = [torch.randperm(d, device=dev)[: 2 * S].view(S, 2) for _ in range(2)]
     nu = weight.norm(dim=1)
-    leaves = [core_params[0], logits, *theta] + ([bias] if bias is not None else [])
+    leaves = (
+        [p for p in core_params if p.requires_grad] + [logits, *theta] + ([bias] if bias is not None else [])
+    )
 
     def grads(impl: str) -> list[torch.Tensor]:
         out = jora_linear(
@@ -66,6 +72,7 @@ def main() -> int:
     results = [
         check("diag", "oer_softmax", "angle", False),
         check("block", "ecd_tanh", "cayley", True),
+        check("lowrank", "oer_softmax", "cayley", False),
     ]
     return 0 if all(results) else 1
 

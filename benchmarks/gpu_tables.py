@@ -45,8 +45,9 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def correctness(report: dict) -> None:
-    """Triton vs the torch path (eager: ``JORA_COMPILE=0``) for the diag and block cores, and the fp32 output
-    vs the float64 dense reference where ``n = m ≤ 4096``."""
+    """Triton vs the torch path (eager: ``JORA_COMPILE=0``) for the diag, block and lowrank cores (the block
+    size column is the lowrank core's rank), and the fp32 output vs the float64 dense reference where
+    ``n = m ≤ 4096``."""
     import os
 
     from jora_ops import CoreSpec, core_dense, jora_linear, rotation_matrix
@@ -60,6 +61,8 @@ def correctness(report: dict) -> None:
         (8192, 4096, 4096, 256, "block", 4),
         (32768, 2048, 4096, 512, "block", 4),
         (8192, 3072, 3072, 128, "block", 3),
+        (8192, 4096, 4096, 256, "lowrank", 16),
+        (32768, 2048, 4096, 512, "lowrank", 8),
     ]
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
@@ -67,12 +70,15 @@ def correctness(report: dict) -> None:
             torch.manual_seed(T + n + m + b)
             dev = "cuda"
             d = min(n, m)
-            spec = CoreSpec(kind, n, m, block_size=b)
+            spec = CoreSpec(kind, n, m, block_size=b, rank=b, alpha=2.0 * b)
             perm_L, perm_R = torch.randperm(n, device=dev), torch.randperm(m, device=dev)
             a_L, a_R = min(S, n // 2), min(S, m // 2)
             pairs_L, pairs_R = perm_L[: 2 * a_L].view(a_L, 2), perm_R[: 2 * a_R].view(a_R, 2)
             if kind == "diag":
                 core, offset = (torch.randn(d, device=dev) * 0.1,), (torch.randn(d, device=dev) * 0.1,)
+            elif kind == "lowrank":
+                core = (torch.randn(n, b, device=dev) * 0.1, torch.randn(m, b, device=dev) * 0.1)
+                offset = (torch.randn(n, b, device=dev) * 0.1, torch.randn(m, b, device=dev) * 0.1)
             else:
                 core = (torch.randn(d // b, b, b, device=dev) * 0.1, torch.randn(d % b, device=dev) * 0.1)
                 offset = (torch.randn(d // b, b, b, device=dev) * 0.1, torch.randn(d % b, device=dev) * 0.1)

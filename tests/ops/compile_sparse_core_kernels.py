@@ -128,9 +128,13 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
                 "BLOCK_S": 32, "SPLIT_COUNTERS": kernels._SPLIT_COUNTERS}, 4, bf16))  # fmt: skip
     block_m, block_n, warps = lowrank.LOWRANK_FOLD_BLOCKS
     fold = {"HAS_SCALE": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 2 * rank, "stride_col": 1}
-    out.append(("lowrank fold", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "tf32"}, warps, bf16))
+    out.append(
+        ("lowrank fold", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "tf32"}, warps, bf16)
+    )
     fp32 = {name: "*fp32" for name in ("w_ptr", "folded_ptr", "left_ptr", "right_ptr")}
-    out.append(("lowrank fold fp32", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "ieee"}, warps, fp32))
+    out.append(
+        ("lowrank fold fp32", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "ieee"}, warps, fp32)
+    )
     out.append(("lowrank factor grads", lowrank._lowrank_factor_grads_kernel, {"HAS_SCALE": True, "THETA_L_GRAD": True,
                 "THETA_R_GRAD": True, "CAYLEY": True, "BLOCK_ROWS": lowrank.LOWRANK_ROWS, "BLOCK_R": rank, "BLOCK_S": 32},
                 4, bf16))  # fmt: skip

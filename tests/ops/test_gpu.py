@@ -66,11 +66,12 @@ def test_bf16_triton_matches_torch_on_cuda(tokens: int, n: int, m: int, slots: i
 @pytest.mark.parametrize(
     ("tokens", "n", "m", "slots", "rank"), [(8192, 2048, 3072, 256, 16), (4096, 4096, 1024, 512, 8)]
 )
-def test_lowrank_bf16_compiled_matches_fp32_eager_on_cuda(
+def test_lowrank_bf16_paths_match_fp32_eager_on_cuda(
     monkeypatch: pytest.MonkeyPatch, tokens: int, n: int, m: int, slots: int, rank: int
 ) -> None:
-    """Lowrank core: bf16 activations with the compiled O(n + m) work against fp32 activations run eagerly
-    (fp32 matmuls): output and every gradient, large shapes."""
+    """Lowrank core, bf16 activations on the Triton path and on the torch path (its small work compiled),
+    against fp32 activations on the torch path run eagerly (fp32 matmuls): output and every gradient, large
+    shapes."""
     torch.manual_seed(tokens + n + rank)
     dev = "cuda"
     spec = CoreSpec("lowrank", n, m, rank=rank, alpha=2.0 * rank)
@@ -88,15 +89,20 @@ def test_lowrank_bf16_compiled_matches_fp32_eager_on_cuda(
     weight = torch.randn(n, m, device=dev) / m**0.5
     grad = torch.randn(tokens, n, device=dev)
     results = {}
-    for dtype, compile_flag in ((torch.float32, "0"), (torch.bfloat16, "1")):
+    for name, dtype, impl, compile_flag in (
+        ("fp32 eager", torch.float32, "torch", "0"),
+        ("bf16 compiled", torch.bfloat16, "torch", "1"),
+        ("bf16 triton", torch.bfloat16, "triton", "1"),
+    ):
         monkeypatch.setenv("JORA_COMPILE", compile_flag)
         leaves = {k: (v.to(dtype) if k == "x" else v).clone().requires_grad_() for k, v in base.items()}
         out = jora_linear(
             leaves["x"], weight.to(dtype), None, core=spec, core_params=(leaves["A"], leaves["B"]),
             core_offset=offset, pairs_L=pairs_L, theta_L=leaves["theta_L"], pairs_R=pairs_R,
-            theta_R=leaves["theta_R"], scale=leaves["scale"],
+            theta_R=leaves["theta_R"], scale=leaves["scale"], impl=impl,
         )  # fmt: skip
         out.backward(grad.to(dtype))
-        results[dtype] = {"out": out.detach()} | {k: leaves[k].grad for k in base}
-    for key, expected in results[torch.float32].items():
-        assert rel_error(results[torch.bfloat16][key], expected) < 1e-2, key
+        results[name] = {"out": out.detach()} | {k: leaves[k].grad for k in base}
+    for name in ("bf16 compiled", "bf16 triton"):
+        for key, expected in results["fp32 eager"].items():
+            assert rel_error(results[name][key], expected) < 1e-2, (name, key)
