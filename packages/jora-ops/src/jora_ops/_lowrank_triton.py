@@ -49,7 +49,7 @@ from jora_ops._sparse_core_triton import (
     _pdl_options,
     _programmatic_launch,
     _token_sums,
-    scale_inputs,
+    launch_config,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
@@ -376,22 +376,20 @@ def lowrank_linear_triton(
     """
     factor_a, factor_b = core_values
     n, rank = factor_a.shape
-    scale_slot, scale_config = scale_inputs(scale, magnitude, x)
-    config = {
-        **scale_config,
-        "pairs_L": pairs_L.contiguous(),
-        "pairs_R": pairs_R.contiguous(),
-        "n": n,
-        "m": factor_b.shape[0],
-        "rank": rank,
-        "core_scale": float(core_scale),
-        "layout": layout,
-        "offset": tuple(v.contiguous() for v in core_offset) if core_offset is not None else None,
-        "cayley": rotation_param == "cayley",
-        "stats_in": stats_in,
-        "stats_out": stats_out,
-        "on_backward": on_backward,
-    }
+    scale_slot, config = launch_config(
+        x,
+        layout,
+        pairs_L,
+        pairs_R,
+        core_offset,
+        scale,
+        magnitude,
+        rotation_param,
+        stats_in,
+        stats_out,
+        on_backward,
+    )
+    config |= {"n": n, "m": factor_b.shape[0], "rank": rank, "core_scale": float(core_scale)}
     return _LowRankLinearTriton.apply(
         config, x, weight, bias, theta_R, theta_L, scale_slot, factor_a, factor_b
     )

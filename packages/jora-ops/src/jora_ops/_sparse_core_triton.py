@@ -1299,23 +1299,26 @@ def sparse_core_linear_triton(
     m = x.shape[-1]
     n_diag = min(n, m)
     full = core_values[0].numel() if len(core_values) == 1 else core_values[0].shape[0] * block_size
-    scale_slot, scale_config = scale_inputs(scale, magnitude, x)
-    config = {
-        **scale_config,
-        "pairs_L": pairs_L.contiguous(),
-        "pairs_R": pairs_R.contiguous(),
+    scale_slot, config = launch_config(
+        x,
+        layout,
+        pairs_L,
+        pairs_R,
+        core_offset,
+        scale,
+        magnitude,
+        rotation_param,
+        stats_in,
+        stats_out,
+        on_backward,
+    )
+    config |= {
         "n": n,
         "m": m,
         "n_diag": n_diag,
         "full": full,
         "block_size": block_size,
         "slots": _next_power_of_2(block_size),
-        "layout": layout,
-        "offset": tuple(v.contiguous() for v in core_offset) if core_offset is not None else None,
-        "cayley": rotation_param == "cayley",
-        "stats_in": stats_in,
-        "stats_out": stats_out,
-        "on_backward": on_backward,
         # a backward with parameter gradients will follow (ctx.needs_input_grad ignores the grad mode)
         "rotation_tables": torch.is_grad_enabled()
         and (theta_L.requires_grad or theta_R.requires_grad or any(v.requires_grad for v in core_values)),
@@ -1323,17 +1326,38 @@ def sparse_core_linear_triton(
     return _SparseCoreLinearTriton.apply(config, x, weight, bias, theta_R, theta_L, scale_slot, *core_values)
 
 
-def scale_inputs(
-    scale: torch.Tensor | None, magnitude: Magnitude | None, like: torch.Tensor
+def launch_config(
+    like: torch.Tensor,
+    layout: str,
+    pairs_L: torch.Tensor,
+    pairs_R: torch.Tensor,
+    core_offset: tuple[torch.Tensor, ...] | None,
+    scale: torch.Tensor | None,
+    magnitude: Magnitude | None,
+    rotation_param: str,
+    stats_in: torch.Tensor | None,
+    stats_out: torch.Tensor | None,
+    on_backward: Callable[[], None] | None,
 ) -> tuple[torch.Tensor | None, dict[str, Any]]:
     """The scale slot of a Triton autograd function (the given scale, or the magnitude's logits) and the
-    launch configuration of the scale: ``mode``, ``norms``, ``energy``, ``temperature`` (device scalars),
-    ``eps`` and ``alpha``."""
+    configuration every core's launch shares: the scale's ``mode``, ``norms``, ``energy``, ``temperature``
+    (device scalars), ``eps`` and ``alpha``; the pair tables, layout, offset, parameterisation, statistics
+    buffers and the end-of-backward callback."""
+    config: dict[str, Any] = {
+        "pairs_L": pairs_L.contiguous(),
+        "pairs_R": pairs_R.contiguous(),
+        "layout": layout,
+        "offset": tuple(v.contiguous() for v in core_offset) if core_offset is not None else None,
+        "cayley": rotation_param == "cayley",
+        "stats_in": stats_in,
+        "stats_out": stats_out,
+        "on_backward": on_backward,
+    }
     if magnitude is None:
         mode = _GIVEN_SCALE if scale is not None else _NO_SCALE
-        config = {"mode": mode, "norms": None, "energy": None, "temperature": None, "eps": 0.0, "alpha": 0.0}
+        config |= {"mode": mode, "norms": None, "energy": None, "temperature": None, "eps": 0.0, "alpha": 0.0}
         return scale, config
-    return magnitude.logits, {
+    return magnitude.logits, config | {
         "mode": _MAGNITUDE_MODES[magnitude.kind],
         "norms": magnitude.row_norms,
         "energy": _as_device_scalar(magnitude.total_energy, like),
