@@ -126,15 +126,15 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
     out.append(("lowrank factors", lowrank._lowrank_factors_kernel, {"MODE": 2, "HAS_OFFSET": True, "CAYLEY": True,
                 "BLOCK_ROWS": lowrank.LOWRANK_ROWS, "BLOCK_R": rank, "BLOCK_K": 2 * rank, "BLOCK_N": kernels.FOLD_NORMALISER_BLOCK,
                 "BLOCK_S": 32, "SPLIT_COUNTERS": kernels._SPLIT_COUNTERS}, 4, bf16))  # fmt: skip
-    block_m, block_n, warps = lowrank.LOWRANK_FOLD_BLOCKS
-    fold = {"HAS_SCALE": True, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": 2 * rank, "stride_col": 1}
-    out.append(
-        ("lowrank fold", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "tf32"}, warps, bf16)
-    )
     fp32 = {name: "*fp32" for name in ("w_ptr", "folded_ptr", "left_ptr", "right_ptr")}
-    out.append(
-        ("lowrank fold fp32", lowrank._lowrank_fold_kernel, {**fold, "INPUT_PRECISION": "ieee"}, warps, fp32)
-    )
+    for precision, name, pointer_types in (
+        ("tf32", "lowrank fold", bf16),
+        ("ieee", "lowrank fold fp32", fp32),
+    ):
+        block_m, block_n, warps, k_step = lowrank.LOWRANK_FOLD_BLOCKS[precision]
+        out.append((name, lowrank._lowrank_fold_kernel, {"HAS_SCALE": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
+                    "BLOCK_K": 2 * rank, "stride_col": 1, "K_STEP": min(2 * rank, k_step), "INPUT_PRECISION": precision},
+                    warps, pointer_types))  # fmt: skip
     out.append(("lowrank factor grads", lowrank._lowrank_factor_grads_kernel, {"HAS_SCALE": True, "THETA_L_GRAD": True,
                 "THETA_R_GRAD": True, "CAYLEY": True, "BLOCK_ROWS": lowrank.LOWRANK_ROWS, "BLOCK_R": rank, "BLOCK_S": 32},
                 4, bf16))  # fmt: skip

@@ -354,6 +354,25 @@ def test_triton_wide_split_launch_matches_torch_path(monkeypatch: pytest.MonkeyP
         _sparse_core_triton._token_sum_geometry.cache_clear()  # no geometry of the patched value stays cached
 
 
+def test_triton_lowrank_large_rank_steps_through_the_update() -> None:
+    """Rank 70: the fold's update (128 wide, padded) in two ``tl.dot`` steps, the factors' rows wider than a
+    slot block; a rank above ``TRITON_MAX_RANK`` is refused by the Triton entry point."""
+    from jora_ops import _lowrank_triton
+
+    problem = _random_problem(150, 140, 200, 30, "lowrank", 70, 5)
+    _assert_triton_matches_torch_path(*problem, "ecd_tanh", 0.7)
+    rank = _lowrank_triton.TRITON_MAX_RANK + 1
+    x, weight = torch.randn(4, 8, device=DEVICE), torch.randn(6, 8, device=DEVICE)
+    factors = (torch.randn(6, rank, device=DEVICE), torch.randn(8, rank, device=DEVICE))
+    no_pairs, no_angles = torch.empty(0, 2, dtype=torch.long, device=DEVICE), torch.empty(0, device=DEVICE)
+    with pytest.raises(ValueError, match=f"rank must be in \\[1, {rank - 1}\\]"):
+        _lowrank_triton.lowrank_linear_triton(
+            x, weight, None, layout="linear", core_values=factors, core_offset=None, core_scale=1.0,
+            pairs_L=no_pairs, theta_L=no_angles, pairs_R=no_pairs, theta_R=no_angles, scale=None, magnitude=None,
+            rotation_param="cayley", stats_in=None, stats_out=None, on_backward=None,
+        )  # fmt: skip
+
+
 @pytest.mark.parametrize(("n", "m", "block_size"), [(9, 6, 8), (5, 7, 16), (12, 3, 4)])
 def test_triton_block_core_without_a_full_block(n: int, m: int, block_size: int) -> None:
     """``block_size > min(n, m)``: no full block, the core is its remainder diagonal and the blocks tensor is

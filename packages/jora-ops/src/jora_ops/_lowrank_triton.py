@@ -56,11 +56,18 @@ from jora_ops.triton_kernels import host_cdiv as _cdiv
 if TYPE_CHECKING:
     from jora_ops.fused import Magnitude
 
-__all__ = ["LOWRANK_FOLD_BLOCKS", "LOWRANK_ROWS", "lowrank_linear_triton"]
+__all__ = ["LOWRANK_FOLD_BLOCKS", "LOWRANK_ROWS", "TRITON_MAX_RANK", "lowrank_linear_triton"]
 
-# coordinates per program of the factor kernels, and (rows, columns, warps) of the fold's tiles
+# ranks up to this run here (larger ones fold with torch ops); coordinates per program of the factor kernels;
+# (rows, columns, warps, update columns per tl.dot step) of the fold's tiles per tl.dot precision: "tf32" for
+# bf16/fp16 weights (tensor cores; the precision names only fp32 operands), "ieee" for exact fp32 products
+# (FMA; sm_90 compile check: 64x128 tiles or 32-wide steps spill, these use 166 registers)
+TRITON_MAX_RANK = 128
 LOWRANK_ROWS = 32
-LOWRANK_FOLD_BLOCKS: tuple[int, int, int] = (64, 128, 8)
+LOWRANK_FOLD_BLOCKS: dict[str, tuple[int, int, int, int]] = {
+    "tf32": (64, 128, 8, 64),
+    "ieee": (64, 64, 8, 16),
+}
 _MIN_DOT_WIDTH = 16  # tl.dot's smallest inner dimension: the rank-2r update is zero-padded to it
 
 
@@ -140,17 +147,20 @@ def _lowrank_factors_kernel(
 def _lowrank_fold_kernel(
     w_ptr, folded_ptr, left_ptr, right_ptr, s_ptr, n_out, n_in, stride_row, stride_col,
     HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    K_STEP: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):  # fmt: skip
-    """``folded = s ⊙ W + left rightᵀ`` on a ``[BLOCK_M, BLOCK_N]`` tile (logical ``[n, m]``; any strides)."""
+    """``folded = s ⊙ W + left rightᵀ`` on a ``[BLOCK_M, BLOCK_N]`` tile (logical ``[n, m]``; any strides); the
+    update's ``BLOCK_K`` columns in steps of ``K_STEP``."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n_out
     col_ok = cols < n_in
-    k = tl.arange(0, BLOCK_K)[None, :]
-    left = tl.load(left_ptr + rows[:, None] * BLOCK_K + k, mask=row_ok[:, None], other=0.0)
-    right = tl.load(right_ptr + cols[:, None] * BLOCK_K + k, mask=col_ok[:, None], other=0.0)
-    update = tl.dot(left, tl.trans(right), input_precision=INPUT_PRECISION)
+    update = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+    for start in tl.static_range(0, BLOCK_K, K_STEP):
+        k = start + tl.arange(0, K_STEP)[None, :]
+        left = tl.load(left_ptr + rows[:, None] * BLOCK_K + k, mask=row_ok[:, None], other=0.0)
+        right = tl.load(right_ptr + cols[:, None] * BLOCK_K + k, mask=col_ok[:, None], other=0.0)
+        update = tl.dot(left, tl.trans(right), acc=update, input_precision=INPUT_PRECISION)
     mask = row_ok[:, None] & col_ok[None, :]
     offsets = rows[:, None].to(tl.int64) * stride_row + cols[None, :].to(tl.int64) * stride_col
     w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -250,11 +260,12 @@ class _LowRankLinearTriton(torch.autograd.Function):
             BLOCK_S=_SLOT_BLOCK, SPLIT_COUNTERS=_SPLIT_COUNTERS,
         )  # fmt: skip
         folded = torch.empty_like(weight)
-        block_m, block_n, warps = LOWRANK_FOLD_BLOCKS
+        precision = "ieee" if weight.dtype == torch.float32 else "tf32"
+        block_m, block_n, warps, k_step = LOWRANK_FOLD_BLOCKS[precision]
         _lowrank_fold_kernel[(_cdiv(n, block_m), _cdiv(m, block_n))](
             weight, folded, left, right, scale, n, m, m if linear else 1, 1 if linear else n,
             HAS_SCALE=mode != _NO_SCALE, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            INPUT_PRECISION="ieee" if weight.dtype == torch.float32 else "tf32", num_warps=warps,
+            K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, num_warps=warps,
         )  # fmt: skip
         if linear:
             out = torch.nn.functional.linear(x, folded, bias)
@@ -372,10 +383,13 @@ def lowrank_linear_triton(
     """The lowrank-core fused linear through the Triton kernels (arguments checked by ``jora_linear``).
 
     ``core_values`` is ``(A, B)`` with ``A`` ``[n, r]``, ``B`` ``[m, r]``; ``core_offset`` the same form;
-    ``core_scale`` is ``α / r``. Pair tables may hold empty ``-1`` slots (their angles get a zero gradient).
+    ``core_scale`` is ``α / r`` and ``r`` at most :data:`TRITON_MAX_RANK`. Pair tables may hold empty ``-1``
+    slots (their angles get a zero gradient).
     """
     factor_a, factor_b = core_values
     n, rank = factor_a.shape
+    if not 1 <= rank <= TRITON_MAX_RANK:
+        raise ValueError(f"the rank must be in [1, {TRITON_MAX_RANK}] here, got {rank}")
     scale_slot, config = launch_config(
         x,
         layout,

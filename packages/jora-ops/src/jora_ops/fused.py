@@ -12,9 +12,9 @@ angles, the core parameters, the magnitude logits (or a given scale ``s``), the 
 - On CUDA (``impl="auto"`` or ``"triton"``) the diag and block cores (``block_size`` ≤ 16) with a base weight
   in fp32/bf16/fp16 run entirely in Triton kernels (``jora_ops._sparse_core_triton``): fold and scale in one
   kernel, then cuBLAS; in backward cuBLAS for ``∂L/∂x`` and two kernels for every other gradient and the
-  statistics. The lowrank core runs its O((n + m) r) work and the fold in two Triton kernels
-  (``jora_ops._lowrank_triton``) and the backward's skinny matmuls on cuBLAS. Larger blocks fold with torch ops
-  and sum tokens with a Triton kernel.
+  statistics. The lowrank core (rank ≤ 128) runs its O((n + m) r) work and the fold in two Triton kernels
+  (``jora_ops._lowrank_triton``) and the backward's skinny matmuls on cuBLAS. Larger blocks and ranks fold
+  with torch ops and sum tokens with a Triton kernel.
 - Chained through ``base_output`` (several active adapters), ``ΔW x`` is computed with plain torch ops and
   recomputed in backward.
 
@@ -387,8 +387,9 @@ def jora_linear(
         stats_out: fp32 buffer ``[n]``; backward adds the token mean of ``(∂L/∂y)²``.
         on_backward: called once at the end of each backward of this function.
         impl: ``"auto"`` (Triton for CUDA tensors when triton imports), ``"torch"`` or ``"triton"``. On the
-            Triton path the diag, block (``block_size`` ≤ 16) and lowrank cores with a base weight run in
-            Triton kernels (and cuBLAS); larger blocks fold with torch ops around a Triton token-sum pass;
+            Triton path the diag, block (``block_size`` ≤ 16) and lowrank (rank ≤ 128) cores with a base weight
+            run in Triton kernels (and cuBLAS); larger blocks and ranks fold with torch ops around a Triton
+            token-sum pass;
             ``base_output`` chaining runs on torch ops (``"triton"`` raises there).
 
     Returns:
@@ -446,10 +447,14 @@ def jora_linear(
             )
         use_triton = False
     if use_triton and core.kind == "lowrank" and weight is not None:
-        from jora_ops._lowrank_triton import lowrank_linear_triton
+        from jora_ops._lowrank_triton import TRITON_MAX_RANK, lowrank_linear_triton
         from jora_ops._sparse_core_triton import SPARSE_CORE_TRITON_DTYPES
 
-        if x.dtype in SPARSE_CORE_TRITON_DTYPES and weight.dtype in SPARSE_CORE_TRITON_DTYPES:
+        if (
+            x.dtype in SPARSE_CORE_TRITON_DTYPES
+            and weight.dtype in SPARSE_CORE_TRITON_DTYPES
+            and core.rank <= TRITON_MAX_RANK
+        ):
             return lowrank_linear_triton(
                 x, weight, bias, layout=weight_layout, core_values=core_params, core_offset=core_offset,
                 core_scale=core.scale, pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R, theta_R=theta_R,
