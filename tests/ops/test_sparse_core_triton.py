@@ -491,3 +491,22 @@ def test_triton_second_backward_of_one_forward_repeats_the_first(monkeypatch: py
     for key, grad in first.items():
         assert torch.isfinite(grad).all(), key
         assert torch.equal(params[key].grad, 2 * grad), key
+
+
+@pytest.mark.parametrize(
+    ("stats", "g_sum", "with_out"), [(True, True, True), (False, False, True), (True, False, False)]
+)
+def test_triton_column_sums_match_torch(stats: bool, g_sum: bool, with_out: bool) -> None:
+    """The token sums of the torch fold paths (blocks above 16, ranks above 128): the Triton pass equals the
+    torch reference key by key; ``Σg`` only when asked for (``None`` otherwise, on both)."""
+    from jora_ops._fold_common import column_sums_torch
+
+    gen = torch.Generator().manual_seed(int(stats) + 2 * int(g_sum))
+    grad, out, x = (torch.randn(300, width, generator=gen).to(DEVICE) for width in (37, 37, 52))
+    args = (grad, out if with_out else None, x, 30, stats, g_sum)
+    got, expected = _sparse_core_triton.column_sums_triton(*args), column_sums_torch(*args)
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        if value is not None:  # what was not asked for (statistics, Σg·out without out) is not compared
+            assert rel_error(got[key], value) < 1e-5, key
+    assert (got["g"] is None) == (expected["g"] is None) == (not g_sum)

@@ -135,7 +135,12 @@ def gather_columns(a: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
 
 
 def column_sums_torch(
-    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
+    grad: torch.Tensor,
+    out: torch.Tensor | None,
+    x: torch.Tensor | None,
+    n_diag: int,
+    stats: bool,
+    g_sum: bool = True,
 ) -> dict[str, torch.Tensor | None]:
     """Torch reference of :func:`jora_ops._sparse_core_triton.column_sums_triton` (same keys, at least fp32)."""
     compute_dtype = torch.promote_types(grad.dtype, torch.float32)
@@ -143,7 +148,7 @@ def column_sums_torch(
     xs = x.to(compute_dtype) if x is not None else None
     return {
         "g_y": token_sums(g, out.to(compute_dtype)) if out is not None else None,
-        "g": g.sum(0),
+        "g": g.sum(0) if g_sum else None,
         "g_x": token_sums(g[:, :n_diag], xs[:, :n_diag]) if xs is not None else None,
         "g_g": token_sums(g, g) if stats else None,
         "x_x": token_sums(xs, xs) if stats and xs is not None else None,
@@ -197,12 +202,13 @@ def output_side_grads(
     need_y = scale is not None and needs["scale"]
     y_raw = out.reshape(-1, n) if need_y and out is not None else None
     x_raw = x.reshape(-1, m) if n_diag or stats else None
+    g_sum = needs["bias"] or (need_y and bias is not None)  # Σg: ∂L/∂b, and ∂L/∂s = Σ g (y − b) / s
     if use_triton:
         from jora_ops._sparse_core_triton import column_sums_triton
 
-        sums = column_sums_triton(g_raw, y_raw, x_raw, n_diag, stats)
+        sums = column_sums_triton(g_raw, y_raw, x_raw, n_diag, stats, g_sum)
     else:
-        sums = column_sums_torch(g_raw, y_raw, x_raw, n_diag, stats)
+        sums = column_sums_torch(g_raw, y_raw, x_raw, n_diag, stats, g_sum)
     tokens = max(g_raw.shape[0], 1)
     if stats_out is not None:
         stats_out.add_(sums["g_g"] / tokens)

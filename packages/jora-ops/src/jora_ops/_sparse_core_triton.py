@@ -1048,13 +1048,19 @@ def _token_sums(
 
 
 def column_sums_triton(
-    grad: torch.Tensor, out: torch.Tensor | None, x: torch.Tensor | None, n_diag: int, stats: bool
-) -> dict[str, torch.Tensor]:
+    grad: torch.Tensor,
+    out: torch.Tensor | None,
+    x: torch.Tensor | None,
+    n_diag: int,
+    stats: bool,
+    g_sum: bool = True,
+) -> dict[str, torch.Tensor | None]:
     """Token sums over 2-D ``grad`` [T, n], ``out`` [T, n], ``x`` [T, m] in one pass (fp32 results).
 
-    Returns ``g_y`` = Σg·out, ``g`` = Σg, ``g_x`` = Σg·x over the first ``n_diag`` columns, and with
-    ``stats`` also ``g_g`` = Σg² and ``x_x`` = Σx². The column programs of :func:`_token_sums_kernel` with
-    ``b = 1`` and no rotation entries; splits are summed afterwards (deterministic).
+    Returns ``g_y`` = Σg·out, ``g`` = Σg (with ``g_sum``, else ``None``), ``g_x`` = Σg·x over the first
+    ``n_diag`` columns, and with ``stats`` also ``g_g`` = Σg² and ``x_x`` = Σx². The column programs of
+    :func:`_token_sums_kernel` with ``b = 1`` and no rotation entries; splits are summed afterwards
+    (deterministic).
     """
     n_out = grad.shape[1]
     n_in = x.shape[1] if x is not None else 0
@@ -1062,13 +1068,13 @@ def column_sums_triton(
     no_angles = torch.empty(0, dtype=torch.float32, device=grad.device)
     partial, splits, split_stride = _token_sums(
         grad, out, x if x is not None else grad, no_pairs, no_pairs, no_angles, n_diag, n_diag, 1,
-        x is not None and n_diag > 0, stats, stats and x is not None, True,
+        x is not None and n_diag > 0, stats, stats and x is not None, g_sum,
     )  # fmt: skip
     width = max(n_out, n_in)
     total = partial[: splits * split_stride].view(splits, split_stride).sum(0)
     return {
         "g_y": total[:n_out],
-        "g": total[width : width + n_out],
+        "g": total[width : width + n_out] if g_sum else None,
         "g_g": total[2 * width : 2 * width + n_out],
         "x_x": total[3 * width : 3 * width + n_in],
         "g_x": total[4 * width : 4 * width + n_diag],
