@@ -61,7 +61,7 @@ __all__ = ["LOWRANK_FOLD_BLOCKS", "LOWRANK_ROWS", "TRITON_MAX_RANK", "lowrank_li
 # ranks up to this run here (larger ones fold with torch ops); coordinates per program of the factor kernels;
 # (rows, columns, warps, update columns per tl.dot step) of the fold's tiles per tl.dot precision: "tf32" for
 # bf16/fp16 weights (tensor cores; the precision names only fp32 operands), "ieee" for exact fp32 products
-# (FMA; sm_90 compile check: 64x128 tiles or 32-wide steps spill, these use 166 registers)
+# (FMA; in the sm_90 compile check 64x128 tiles or 32-wide steps spilled, these need no stack)
 TRITON_MAX_RANK = 128
 LOWRANK_ROWS = 32
 LOWRANK_FOLD_BLOCKS: dict[str, tuple[int, int, int, int]] = {
