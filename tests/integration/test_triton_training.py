@@ -1,4 +1,4 @@
-"""Training through PEFT on the Triton diag and block path matches the torch path step by step.
+"""Training through PEFT on the Triton diag, block and lowrank paths matches the torch path step by step.
 
 Selection fills the slots over the first steps (active prefixes of the slot tables, then whole tables),
 statistics feed the selection, the magnitude is trained: losses, pairs and every parameter must agree.
@@ -48,7 +48,12 @@ def _train(
 
 @pytest.mark.parametrize(
     ("arch", "magnitude", "core"),
-    [("llama", "oer_softmax", "diag"), ("gpt2", "ecd_tanh", "diag"), ("llama", "ecd_tanh", "block")],
+    [
+        ("llama", "oer_softmax", "diag"),
+        ("gpt2", "ecd_tanh", "diag"),
+        ("llama", "ecd_tanh", "block"),
+        ("gpt2", "oer_softmax", "lowrank"),
+    ],
 )
 def test_training_on_the_triton_path_matches_the_torch_path(arch: str, magnitude: str, core: str) -> None:
     torch_losses, torch_state = _train(arch, "torch", magnitude, core, steps=6)
