@@ -248,6 +248,50 @@ def test_lowrank_bf16_gradients_match_float64_reference(device: str, layout: str
         assert rel_error(results[torch.bfloat16][key], results[torch.float64][key]) < 1e-2, key
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("kind", ["diag", "block", "lowrank"])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_autocast_runs_like_nn_linear_under_autocast(device: str, kind: str, layout: str) -> None:
+    """Under ``torch.autocast`` (bf16) on fp32 weights — ``Trainer(bf16=True)`` — the input, weight and bias run
+    in bf16 as ``nn.Linear``'s would: the output and every gradient equal those of explicit bf16 casts
+    without autocast, the output is within bf16 precision of the float64 reference, and ``x``'s gradient
+    comes back in its own dtype."""
+    case = make_case(kind, 24, 20, seed=13, dtype=torch.float32)
+    x = torch.randn(3, 16, 20, device=device)
+    grad = torch.randn(3, 16, 24, device=device)
+    weight = (case.weight if layout == "linear" else case.weight.T.contiguous()).to(device)
+    results = {}
+    for mode in ("autocast", "explicit"):
+        leaves = {
+            "x": x.clone().requires_grad_(),
+            "theta_L": case.theta_L.to(device).clone().requires_grad_(),
+            "theta_R": case.theta_R.to(device).clone().requires_grad_(),
+            "scale": case.scale.to(device).clone().requires_grad_(),
+            **{f"core{i}": p.to(device).clone().requires_grad_() for i, p in enumerate(case.params)},
+        }
+        kwargs = case.kwargs() | {
+            "pairs_L": case.pairs_L.to(device), "pairs_R": case.pairs_R.to(device), "theta_L": leaves["theta_L"],
+            "theta_R": leaves["theta_R"], "scale": leaves["scale"],
+            "core_params": tuple(leaves[f"core{i}"] for i in range(len(case.params))),
+            "core_offset": tuple(p.to(device) for p in case.offset), "weight_layout": layout,
+        }  # fmt: skip
+        bias = case.bias.to(device)
+        if mode == "autocast":
+            with torch.autocast(device, dtype=torch.bfloat16):
+                out = jora_linear(leaves["x"], weight, bias, **kwargs)
+        else:
+            out = jora_linear(leaves["x"].bfloat16(), weight.bfloat16(), bias.bfloat16(), **kwargs)
+        out.backward(grad.to(out.dtype))
+        results[mode] = (out.detach(), {k: v.grad for k, v in leaves.items()})
+    out, grads = results["autocast"]
+    assert out.dtype == torch.bfloat16
+    assert grads["x"].dtype == torch.float32
+    torch.testing.assert_close(out, results["explicit"][0], rtol=0, atol=0)
+    for key, value in results["explicit"][1].items():
+        torch.testing.assert_close(grads[key], value, rtol=1e-6, atol=1e-6, msg=key)
+    assert rel_error(out.cpu(), case.reference(x.cpu())) < 1e-2
+
+
 def test_statistics_once_per_backward_also_under_checkpointing() -> None:
     case = make_case("diag", 6, 5, seed=5, dtype=torch.float32)
     x = torch.randn(3, 4, 5)

@@ -510,3 +510,29 @@ def test_triton_column_sums_match_torch(stats: bool, g_sum: bool, with_out: bool
         if value is not None:  # what was not asked for (statistics, Σg·out without out) is not compared
             assert rel_error(got[key], value) < 1e-5, key
     assert (got["g"] is None) == (expected["g"] is None) == (not g_sum)
+
+
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 4), ("lowrank", 3)])
+def test_triton_under_autocast_matches_the_torch_path(core: str, block_size: int) -> None:
+    """Under ``torch.autocast`` (fp16 here: the interpreter has no bf16 arithmetic) the Triton kernels get the
+    autocast-dtype input and weight and match the torch path under the same autocast."""
+    x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(30, 26, 64, 6, core, block_size, 17)
+    nu = weight.norm(dim=1).to(DEVICE)
+    results = {}
+    for impl in ("torch", "triton"):
+        params = {k: v.to(DEVICE).clone().requires_grad_() for k, v in leaves.items()}
+        inputs = x.to(DEVICE).clone().requires_grad_()
+        with torch.autocast(DEVICE, dtype=torch.float16):
+            out = jora_linear(
+                inputs, weight.to(DEVICE), core=spec, core_params=tuple(params[k] for k in names),
+                pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE),
+                theta_R=params["theta_R"], magnitude=Magnitude("oer_softmax", params["logits"], nu, (nu**2).sum(), 1.0),
+                impl=impl,
+            )  # fmt: skip
+        assert out.dtype == torch.float16
+        out.float().square().sum().backward()
+        results[impl] = (out.detach(), {"x": inputs.grad} | {k: v.grad for k, v in params.items()})
+    assert rel_error(results["triton"][0], results["torch"][0]) < 1e-3
+    for key, expected in results["torch"][1].items():
+        assert results["triton"][1][key].dtype == expected.dtype, key
+        assert rel_error(results["triton"][1][key], expected) < 1e-2, key

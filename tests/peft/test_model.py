@@ -162,6 +162,32 @@ def test_low_precision_base_with_fp32_adapter(arch: str, dtype: torch.dtype) -> 
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter_params if p.requires_grad)
 
 
+@pytest.mark.parametrize("core", ["diag", "block", "lowrank"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_mixed_precision_training_under_autocast(arch: str, core: str) -> None:
+    """fp32 model under ``torch.autocast`` (bf16), as ``Trainer(bf16=True)`` runs it: the adapted layers compute
+    in bf16 like the frozen ones, the adapter parameters and their gradients stay fp32, the loss is within
+    bf16 precision of the fp32 loss, and an optimizer step changes the adapter."""
+    build, targets = MODELS[arch]
+    config = JoraConfig(target_modules=targets, core=core, block_size=4, init_weights=False, **SMALL)
+    model = get_peft_model(build(seed=5), config)
+    model.train()
+    ids = token_batch()
+    fp32_loss = float(model(ids, labels=ids).loss.detach())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+    assert out.logits.dtype == torch.bfloat16
+    assert abs(float(out.loss.detach()) - fp32_loss) < 2e-2 * abs(fp32_loss)
+    out.loss.backward()
+    adapter = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert adapter and all(p.dtype == torch.float32 for p in adapter.values())
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in adapter.values())
+    assert all(torch.isfinite(p.grad).all() for p in adapter.values())
+    before = {n: p.detach().clone() for n, p in adapter.items()}
+    torch.optim.SGD(adapter.values(), lr=0.1).step()
+    assert any(not torch.equal(p, before[n]) for n, p in adapter.items())
+
+
 def test_inference_mode_freezes_everything() -> None:
     model = get_peft_model(
         tiny_llama(), JoraConfig(target_modules=MODELS["llama"][1], inference_mode=True, **SMALL)

@@ -324,6 +324,13 @@ class _JoraLinearFunction(torch.autograd.Function):
         )  # fmt: skip
 
 
+def _autocast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """``tensor`` in the autocast ``dtype`` where autocast would cast it (floating point, not fp64)."""
+    if tensor is None or not tensor.is_floating_point() or tensor.dtype in (torch.float64, dtype):
+        return tensor
+    return tensor.to(dtype)
+
+
 def _check_side(
     pairs: torch.Tensor | None, theta: torch.Tensor | None, side: str, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -394,7 +401,23 @@ def jora_linear(
 
     Returns:
         ``y`` ``[..., n]`` in the base output's dtype.
+
+    Under ``torch.autocast`` (e.g. ``Trainer(bf16=True)`` on fp32 weights) the input, the frozen weight, the
+    bias and a given ``base_output`` run in the autocast dtype, as ``nn.Linear``'s would; the adapter's own
+    parameters stay in their dtype and the output is in the autocast dtype.
     """
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        with torch.autocast(device_type, enabled=False):  # one dtype in the function's forward and backward
+            return jora_linear(
+                _autocast(x, dtype), _autocast(weight, dtype), _autocast(bias, dtype), core=core,
+                core_params=core_params, core_offset=core_offset, pairs_R=pairs_R, theta_R=theta_R,
+                pairs_L=pairs_L, theta_L=theta_L, scale=scale, magnitude=magnitude,
+                base_output=_autocast(base_output, dtype), weight_layout=weight_layout,
+                rotation_param=rotation_param, stats_in=stats_in, stats_out=stats_out, on_backward=on_backward,
+                impl=impl,
+            )  # fmt: skip
     if (weight is None) == (base_output is None):
         raise ValueError("give exactly one of weight and base_output")
     if scale is not None and magnitude is not None:
