@@ -71,6 +71,19 @@ def test_trainer_with_gradient_accumulation(arch: str, tmp_path: Path) -> None:
     assert selection_progress(model) == {"jora/active_pair_fraction": 1.0, "jora/frozen_side_fraction": 1.0}
 
 
+def test_trainer_bf16_mixed_precision(tmp_path: Path) -> None:
+    """``bf16=True`` on an fp32 model (the Trainer's autocast): the adapted layers train, the loss goes down,
+    the adapter stays fp32 and the selection completes."""
+    build, targets = MODELS["llama"]
+    model = get_peft_model(build(), JoraConfig(target_modules=targets, core="lowrank", **KNOBS))
+    trainer = make_trainer(model, tmp_path, bf16=True)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+    assert selection_progress(model) == {"jora/active_pair_fraction": 1.0, "jora/frozen_side_fraction": 1.0}
+
+
 def test_gradient_checkpointing_counts_each_backward_once(tmp_path: Path) -> None:
     build, targets = MODELS["llama"]
     results = []
