@@ -74,15 +74,15 @@ def _fold(
     if offset_a is not None and offset_b is not None:
         left = torch.cat([left, -core_scale * offset_a.to(dtype)], dim=1)
         right = torch.cat([right, offset_b.to(dtype)], dim=1)
-    s = scale.to(dtype) if scale is not None else torch.ones(n, dtype=dtype, device=weight.device)
     left, right = left.to(weight.dtype), right.to(weight.dtype)
-    if layout == "linear":
-        merged = (weight.to(dtype) + (left @ right.T).to(dtype)) * s[:, None]
-    else:
-        merged = (weight.to(dtype) + (right @ left.T).to(dtype)) * s[None, :]
-    scaled_a = (rotated_a * s[:, None]).to(activation_dtype)
+    merged = weight.to(dtype) + ((left @ right.T) if layout == "linear" else (right @ left.T)).to(dtype)
+    scaled_a = rotated_a
+    if scale is not None:
+        s = scale.to(dtype)
+        merged = merged * (s[:, None] if layout == "linear" else s[None, :])
+        scaled_a = rotated_a * s[:, None]
     return (
-        merged.to(weight.dtype), partner_L, cos_L, sin_L, partner_R, cos_R, sin_R, scaled_a,
+        merged.to(weight.dtype), partner_L, cos_L, sin_L, partner_R, cos_R, sin_R, scaled_a.to(activation_dtype),
         rotated_b.to(activation_dtype),
     )  # fmt: skip
 

@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jora_ops._fold_common import folded_matmul
 from jora_ops._sparse_core_triton import (
     _NO_SCALE,
     _OER,
@@ -49,6 +50,7 @@ from jora_ops._sparse_core_triton import (
     _pdl_options,
     _programmatic_launch,
     _token_sums,
+    forward_scale_buffer,
     launch_config,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
@@ -236,12 +238,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()
         offset = config["offset"]
-        # s, then E_incl and ECD's κ and the token sums' arrival counters for the backward
-        scale = (
-            torch.empty(n + 2 + _SPLIT_COUNTERS, dtype=torch.float32, device=x.device)
-            if mode >= _OER
-            else scale_or_logits
-        )
+        scale = forward_scale_buffer(mode, n, scale_or_logits)
         block_k = max(_MIN_DOT_WIDTH, _next_power_of_2(rank * (2 if offset is not None else 1)))
         left = torch.empty(n, block_k, dtype=weight.dtype, device=x.device)
         right = torch.empty(m, block_k, dtype=weight.dtype, device=x.device)
@@ -267,12 +264,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
             HAS_SCALE=mode != _NO_SCALE, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
             K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, num_warps=warps,
         )  # fmt: skip
-        if linear:
-            out = torch.nn.functional.linear(x, folded, bias)
-        else:
-            out = x @ folded
-            if bias is not None:
-                out = out + bias
+        out = folded_matmul(x, folded, bias, config["layout"])
         ctx.config = config
         keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
         ctx.save_for_backward(

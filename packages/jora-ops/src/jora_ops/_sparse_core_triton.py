@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from jora_ops._dispatch import triton_interpreting
+from jora_ops._fold_common import folded_matmul
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
 if TYPE_CHECKING:
@@ -1102,6 +1103,14 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
+def forward_scale_buffer(mode: int, n_out: int, scale_or_logits: torch.Tensor | None) -> torch.Tensor | None:
+    """Where a forward kernel keeps ``s`` (:func:`_forward_scale`): with a magnitude a new fp32 buffer for
+    ``s``, ``E_incl``, ECD's ``κ`` and the token sums' arrival counters; else the given scale (or ``None``)."""
+    if mode >= _OER:
+        return torch.empty(n_out + 2 + _SPLIT_COUNTERS, dtype=torch.float32, device=scale_or_logits.device)
+    return scale_or_logits
+
+
 def _as_2d(tensor: torch.Tensor, features: int) -> torch.Tensor:
     """``tensor`` as ``[tokens, features]`` (no dispatch when it already is)."""
     return tensor if tensor.dim() == 2 else tensor.reshape(-1, features)
@@ -1152,12 +1161,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()
         folded = torch.empty_like(weight)
-        # s, then E_incl and ECD's κ for the backward (written by the fold)
-        scale = (
-            torch.empty(n + 2 + _SPLIT_COUNTERS, dtype=torch.float32, device=x.device)
-            if mode >= _OER
-            else scale_or_logits
-        )
+        scale = forward_scale_buffer(mode, n, scale_or_logits)
         logits = scale_or_logits if mode >= _OER else None
         offset = config["offset"]
         blocks, tail = _core_pointers(core_values)
@@ -1177,12 +1181,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
             BLOCK_S=_SLOT_BLOCK, TABLES=tables is not None, SPLIT_COUNTERS=_SPLIT_COUNTERS, num_warps=FOLD_WARPS,
         )  # fmt: skip
-        if linear:
-            out = torch.nn.functional.linear(x, folded, bias)
-        else:
-            out = x @ folded
-            if bias is not None:
-                out = out + bias
+        out = folded_matmul(x, folded, bias, config["layout"])
         ctx.config = config
         keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
         ctx.save_for_backward(

@@ -469,39 +469,27 @@ def jora_linear(
                 f"core={core.kind!r}{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
             )
         use_triton = False
-    if use_triton and core.kind == "lowrank" and weight is not None:
+    if use_triton and weight is not None:  # the core is one of FOLDED_CORES here
         from jora_ops._lowrank_triton import TRITON_MAX_RANK, lowrank_linear_triton
-        from jora_ops._sparse_core_triton import SPARSE_CORE_TRITON_DTYPES
-
-        if (
-            x.dtype in SPARSE_CORE_TRITON_DTYPES
-            and weight.dtype in SPARSE_CORE_TRITON_DTYPES
-            and core.rank <= TRITON_MAX_RANK
-        ):
-            return lowrank_linear_triton(
-                x, weight, bias, layout=weight_layout, core_values=core_params, core_offset=core_offset,
-                core_scale=core.scale, pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R, theta_R=theta_R,
-                scale=scale, magnitude=magnitude, rotation_param=rotation_param, stats_in=stats_in,
-                stats_out=stats_out, on_backward=on_backward,
-            )  # fmt: skip
-    if use_triton and core.kind in ("diag", "block") and weight is not None:
         from jora_ops._sparse_core_triton import (
             SPARSE_CORE_TRITON_DTYPES,
             TRITON_MAX_BLOCK_SIZE,
             sparse_core_linear_triton,
         )
 
-        block_size = core.block_size if core.kind == "block" else 1
-        if (
-            x.dtype in SPARSE_CORE_TRITON_DTYPES
-            and weight.dtype in SPARSE_CORE_TRITON_DTYPES
-            and block_size <= TRITON_MAX_BLOCK_SIZE
-        ):
-            return sparse_core_linear_triton(
+        if core.kind == "lowrank":
+            entry, fits = lowrank_linear_triton, core.rank <= TRITON_MAX_RANK
+            core_kwargs: dict[str, Any] = {"core_scale": core.scale}
+        else:
+            block_size = core.block_size if core.kind == "block" else 1
+            entry, fits = sparse_core_linear_triton, block_size <= TRITON_MAX_BLOCK_SIZE
+            core_kwargs = {"block_size": block_size}
+        if fits and x.dtype in SPARSE_CORE_TRITON_DTYPES and weight.dtype in SPARSE_CORE_TRITON_DTYPES:
+            return entry(
                 x, weight, bias, layout=weight_layout, core_values=core_params, core_offset=core_offset,
-                block_size=block_size, pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R, theta_R=theta_R,
-                scale=scale, magnitude=magnitude, rotation_param=rotation_param, stats_in=stats_in,
-                stats_out=stats_out, on_backward=on_backward,
+                pairs_L=pairs_L, theta_L=theta_L, pairs_R=pairs_R, theta_R=theta_R, scale=scale,
+                magnitude=magnitude, rotation_param=rotation_param, stats_in=stats_in, stats_out=stats_out,
+                on_backward=on_backward, **core_kwargs,
             )  # fmt: skip
     static = _Static(
         core=core,
