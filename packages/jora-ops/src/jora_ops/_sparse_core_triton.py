@@ -114,6 +114,10 @@ _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accum
 COORDINATE_LAUNCH: tuple[int, int] = (2, 1)
 BLOCK_COORDINATE_LAUNCH: tuple[int, int] = (16, 4)
 _SLOT_BLOCK = 32
+# the backward's ∂L/∂x matmul beside the token sums (CUDA, from OVERLAP_MIN_ELEMENTS tokens × width on): on a side
+# stream of priority OVERLAP_PRIORITY (lower is higher), leaving OVERLAP_SMS SMs to the token sums (cuBLAS's SM
+# count target; 0: no target). OVERLAP_SMS < 0: one stream, in order
+OVERLAP_SMS, OVERLAP_PRIORITY, OVERLAP_MIN_ELEMENTS = -1, -1, 1 << 24
 
 
 def _next_power_of_2(value: int) -> int:
@@ -144,6 +148,36 @@ def _grid_dependency_control(device: torch.device) -> bool:
         and torch.cuda.get_device_capability(device)[0] >= 9
         and hasattr(getattr(tl.extra, "cuda", None), "gdc_wait")
     )
+
+
+def _overlap(like: torch.Tensor, tokens: int, width: int) -> bool:
+    """Whether the backward runs its ``∂L/∂x`` matmul on a side stream beside the token sums."""
+    return OVERLAP_SMS >= 0 and like.is_cuda and tokens * width >= OVERLAP_MIN_ELEMENTS
+
+
+@functools.lru_cache(maxsize=16)
+def _side_stream(device: torch.device, priority: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device, priority=priority)
+
+
+def _side_grad_input(
+    grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.cuda.Stream]:
+    """:func:`_grad_input` on a side stream (forked from the current one), with ``OVERLAP_SMS`` SMs left
+    free; returns the gradient and the side stream, which the caller joins before using it."""
+    main = torch.cuda.current_stream(grad_out.device)
+    side = _side_stream(grad_out.device, OVERLAP_PRIORITY)
+    side.wait_stream(main)
+    previous = torch._C._get_sm_carveout_experimental()
+    with torch.cuda.stream(side):
+        if OVERLAP_SMS:
+            torch._C._set_sm_carveout_experimental(OVERLAP_SMS)
+        try:
+            grad_x = _grad_input(grad_out, folded, linear, x, True)
+        finally:
+            torch._C._set_sm_carveout_experimental(previous)
+    grad_x.record_stream(main)
+    return grad_x, side
 
 
 def _pdl_options(pdl: bool) -> dict[str, Any]:
@@ -1228,7 +1262,11 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         g_sum = needs[3] or (
             scale_grad and bias is not None
         )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
-        grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
+        side = None
+        if needs[1] and _overlap(g, tokens, width):
+            grad_x, side = _side_grad_input(grad_out, folded, linear, x)
+        else:
+            grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
         partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
@@ -1251,6 +1289,8 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
             PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
         )  # fmt: skip
+        if side is not None:
+            torch.cuda.current_stream(g.device).wait_stream(side)
         if config["on_backward"] is not None:
             config["on_backward"]()
         grad_scale_slot = None
