@@ -36,6 +36,7 @@ No host-device synchronisation: counts are shapes, everything else stays on the 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,8 @@ _SLOT_BLOCK = 32
 # the backward's ∂L/∂x matmul beside the token sums (CUDA, from OVERLAP_MIN_ELEMENTS tokens × width on): on a side
 # stream of priority OVERLAP_PRIORITY (lower is higher), leaving OVERLAP_SMS SMs to the token sums (cuBLAS's SM
 # count target; 0: no target). OVERLAP_SMS < 0: one stream, in order
-OVERLAP_SMS, OVERLAP_PRIORITY, OVERLAP_MIN_ELEMENTS = -1, -1, 1 << 24
+OVERLAP_SMS, OVERLAP_PRIORITY, OVERLAP_MIN_ELEMENTS = -1, 0, 1 << 24
+OVERLAP_SUMS_ON_SIDE, OVERLAP_ADDMM = False, False
 
 
 def _next_power_of_2(value: int) -> int:
@@ -151,7 +153,7 @@ def _grid_dependency_control(device: torch.device) -> bool:
 
 
 def _overlap(like: torch.Tensor, tokens: int, width: int) -> bool:
-    """Whether the backward runs its ``∂L/∂x`` matmul on a side stream beside the token sums."""
+    """Whether the backward runs its ``∂L/∂x`` matmul and its token sums on two streams."""
     return OVERLAP_SMS >= 0 and like.is_cuda and tokens * width >= OVERLAP_MIN_ELEMENTS
 
 
@@ -160,24 +162,32 @@ def _side_stream(device: torch.device, priority: int) -> torch.cuda.Stream:
     return torch.cuda.Stream(device, priority=priority)
 
 
-def _side_grad_input(
+def _fork(device: torch.device) -> torch.cuda.Stream:
+    """A side stream that waits for the current stream's work so far."""
+    side = _side_stream(device, OVERLAP_PRIORITY)
+    side.wait_stream(torch.cuda.current_stream(device))
+    return side
+
+
+def _grad_input_carved(
     grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.cuda.Stream]:
-    """:func:`_grad_input` on a side stream (forked from the current one), with ``OVERLAP_SMS`` SMs left
-    free; returns the gradient and the side stream, which the caller joins before using it."""
-    main = torch.cuda.current_stream(grad_out.device)
-    side = _side_stream(grad_out.device, OVERLAP_PRIORITY)
-    side.wait_stream(main)
+) -> torch.Tensor:
+    """:func:`_grad_input` with ``OVERLAP_SMS`` SMs left free (cuBLAS's SM count target)."""
     previous = torch._C._get_sm_carveout_experimental()
-    with torch.cuda.stream(side):
-        if OVERLAP_SMS:
-            torch._C._set_sm_carveout_experimental(OVERLAP_SMS)
-        try:
-            grad_x = _grad_input(grad_out, folded, linear, x, True)
-        finally:
-            torch._C._set_sm_carveout_experimental(previous)
-    grad_x.record_stream(main)
-    return grad_x, side
+    if OVERLAP_SMS:
+        torch._C._set_sm_carveout_experimental(OVERLAP_SMS)
+    try:
+        if OVERLAP_ADDMM:
+            zero = torch.zeros(
+                folded.shape[1] if linear else folded.shape[0], dtype=folded.dtype, device=folded.device
+            )
+            return _cast(
+                torch.addmm(zero, _as_2d(grad_out, grad_out.shape[-1]), folded if linear else folded.T),
+                x.dtype,
+            )
+        return _grad_input(grad_out, folded, linear, x, True)
+    finally:
+        torch._C._set_sm_carveout_experimental(previous)
 
 
 def _pdl_options(pdl: bool) -> dict[str, Any]:
@@ -1262,11 +1272,18 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         g_sum = needs[3] or (
             scale_grad and bias is not None
         )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
-        side = None
-        if needs[1] and _overlap(g, tokens, width):
-            grad_x, side = _side_grad_input(grad_out, folded, linear, x)
-        else:
+        side = _fork(g.device) if needs[1] and _overlap(g, tokens, width) else None
+        sums_stream: Any = contextlib.nullcontext()
+        if side is None:
             grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
+        elif OVERLAP_SUMS_ON_SIDE:
+            sums_stream = torch.cuda.stream(side)
+            grad_x = _grad_input_carved(grad_out, folded, linear, x)
+        else:
+            with torch.cuda.stream(side):
+                grad_x = _grad_input_carved(grad_out, folded, linear, x)
+            grad_x.record_stream(torch.cuda.current_stream(g.device))
+        sums_stream.__enter__()
         partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
@@ -1289,6 +1306,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
             PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
         )  # fmt: skip
+        sums_stream.__exit__(None, None, None)
         if side is not None:
             torch.cuda.current_stream(g.device).wait_stream(side)
         if config["on_backward"] is not None:
