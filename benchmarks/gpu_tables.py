@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import time
 import traceback
@@ -208,19 +209,14 @@ def train_step(model: torch.nn.Module, ids: torch.Tensor, optimizer: torch.optim
         optimizer.zero_grad(set_to_none=True)
 
 
-def model_table(report: dict) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
+def model_methods() -> dict[str, object]:
+    """The model table's rows: label -> PEFT config (``None``: the frozen floor)."""
     import jora_peft  # noqa: F401
     from jora_peft import JoraConfig
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    config = LlamaConfig(
-        hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
-        num_key_value_heads=16, vocab_size=32000, max_position_embeddings=1024,
-    )  # fmt: skip
     targets = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    methods = {
+    return {
         "floor (frozen, input grads)": None,
         "LoRA r16": LoraConfig(target_modules=targets, r=16, lora_alpha=16),
         "JORA diag+OER S=32": JoraConfig(target_modules=targets, S_L=32, S_R=32, k=8),
@@ -228,36 +224,62 @@ def model_table(report: dict) -> None:
             target_modules=targets, S_L=32, S_R=32, k=8, magnitude="none"
         ),
     }
-    rows = []
-    for label, peft_config in methods.items():
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(device="cuda", dtype=torch.bfloat16)
-        if peft_config is None:
-            model.requires_grad_(False)
-            model.enable_input_require_grads()
-        else:
-            model = get_peft_model(model, peft_config)
-        model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
-        ids = torch.randint(0, 32000, (8, 1024), device="cuda")
 
+
+def build_model(
+    peft_config: object | None,
+) -> tuple[torch.nn.Module, torch.optim.Optimizer | None, torch.Tensor]:
+    """The 1B Llama-config model (bf16, CUDA) with ``peft_config`` (``None``: frozen, input gradients), its
+    AdamW optimizer (``None`` for the floor) and a batch of 8 × 1024 token ids."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from peft import get_peft_model
+
+    config = LlamaConfig(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=16, num_attention_heads=16,
+        num_key_value_heads=16, vocab_size=32000, max_position_embeddings=1024,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(device="cuda", dtype=torch.bfloat16)
+    if peft_config is None:
+        model.requires_grad_(False)
+        model.enable_input_require_grads()
+    else:
+        model = get_peft_model(model, peft_config)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4) if params else None
+    return model, optimizer, torch.randint(0, 32000, (8, 1024), device="cuda")
+
+
+def step_ms(
+    model: torch.nn.Module, ids: torch.Tensor, optimizer: torch.optim.Optimizer | None, steps: int
+) -> float:
+    """Median wall time of ``steps`` training steps (ms, device events around each step)."""
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(steps):
+        start.record()
+        train_step(model, ids, optimizer)
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def model_table(report: dict) -> None:
+    rows = []
+    for label, peft_config in model_methods().items():
+        model, optimizer, ids = build_model(peft_config)
         for _ in range(12):  # JORA sides are full after 4 rounds (S=32, k=8); compiled kernels warm too
             train_step(model, ids, optimizer)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(10):
-            start.record()
-            train_step(model, ids, optimizer)
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        times.sort()
+        ms = step_ms(model, ids, optimizer, 10)
+        params = [p for p in model.parameters() if p.requires_grad]
         rows.append({
-            "method": label, "ms_per_step": times[len(times) // 2], "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "method": label, "ms_per_step": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
             "trainable": sum(p.numel() for p in params),
         })  # fmt: skip
         print("model", rows[-1], flush=True)

@@ -1,8 +1,14 @@
-# Device-tool run: the ∂L/∂x matmul beside the token sums. gpu_overlap_check.py (cuBLAS's SM count target,
-# gradients against the serial backward), then gpu_layer_ab.py over the knob sets given (JSON) at SHAPES.
-#   bash benchmarks/device/run_overlap.sh '{}' '{"OVERLAP_SMS": 16}'
+# Device-tool run: the backward's ∂L/∂x matmul on a second stream beside the token sums. The GPU tests named by
+# PYTEST_K, then the knob sets given (JSON) A/B'd in one process each on the layer rows (SHAPES, METHODS) and on
+# the model's JORA-diag+OER row.
+#   bash benchmarks/device/run_overlap.sh '{}' '{"OVERLAP_MIN_ELEMENTS": null}'
 source benchmarks/device/setup.sh
-timeout 120 python benchmarks/gpu_overlap_check.py "$@" --shapes "${SHAPES:-8192x4096,8192x2048}" > $OUT/overlap.txt 2>&1
-echo "overlap check rc=$?"; grep -v -i warn $OUT/overlap.txt
-timeout 300 python benchmarks/gpu_layer_ab.py "$@" --shapes "${SHAPES:-8192x4096,8192x2048}" > $OUT/ab.txt 2>&1
-echo "ab rc=$?"; grep -v -i warn $OUT/ab.txt
+if [ -n "$PYTEST_K" ]; then
+  timeout "${PYTEST_TIMEOUT:-200}" python -m pytest -q -p no:cacheprovider tests -k "$PYTEST_K" > $OUT/pytest.txt 2>&1
+  echo "pytest rc=$?"; tail -5 $OUT/pytest.txt
+fi
+timeout 240 python benchmarks/gpu_layer_ab.py "$@" --shapes "${SHAPES:-8192x4096,8192x2048}" \
+  --methods "${METHODS:-jora_diag_oer}" > $OUT/ab.txt 2>&1
+echo "layer ab rc=$?"; grep -v -i warn $OUT/ab.txt
+timeout 200 python benchmarks/gpu_model_ab.py "$@" --floor > $OUT/model_ab.txt 2>&1
+echo "model ab rc=$?"; grep -v -i warn $OUT/model_ab.txt

@@ -536,3 +536,49 @@ def test_triton_under_autocast_matches_the_torch_path(core: str, block_size: int
     for key, expected in results["torch"][1].items():
         assert results["triton"][1][key].dtype == expected.dtype, key
         assert rel_error(results["triton"][1][key], expected) < 1e-2, key
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 4), ("lowrank", 8)])
+def test_triton_input_matmul_on_a_second_stream_matches_one_stream(
+    monkeypatch: pytest.MonkeyPatch, core: str, block_size: int
+) -> None:
+    """The backward's ``∂L/∂x`` matmul on a second stream beside the token sums (``OVERLAP_MIN_ELEMENTS``)
+    gives the one-stream backward's gradients bit for bit, on a user's stream too, through two chained layers
+    (the second layer's ``∂L/∂x`` is the first's output gradient, read by its token sums at once: a missing
+    join would read it unwritten) and with a bias and the statistics."""
+    x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(
+        1040, 1040, 2100, 32, core, block_size, 23
+    )
+    weight2 = torch.randn(1040, 1040, generator=torch.Generator().manual_seed(5)) / 1040**0.5
+    nu, nu2 = weight.norm(dim=1).cuda(), weight2.norm(dim=1).cuda()
+    bias = torch.randn(1040).cuda()
+
+    def run() -> dict[str, torch.Tensor]:
+        params = {k: v.cuda().requires_grad_() for k, v in leaves.items()}
+        inputs = x.cuda().requires_grad_()
+        stats_in, stats_out = torch.zeros(1040, device="cuda"), torch.zeros(1040, device="cuda")
+        hidden = inputs
+        for w, norms in ((weight, nu), (weight2, nu2)):
+            hidden = jora_linear(
+                hidden, w.cuda(), bias, core=spec, core_params=tuple(params[k] for k in names),
+                pairs_L=pairs_L.cuda(), theta_L=params["theta_L"], pairs_R=pairs_R.cuda(), theta_R=params["theta_R"],
+                magnitude=Magnitude("oer_softmax", params["logits"], norms, (norms**2).sum(), 1.0),
+                stats_in=stats_in, stats_out=stats_out, impl="triton",
+            )  # fmt: skip
+        hidden.square().sum().backward()
+        return {"x": inputs.grad, "stats_in": stats_in, "stats_out": stats_out} | {
+            k: v.grad for k, v in params.items()
+        }
+
+    monkeypatch.setattr(_sparse_core_triton, "OVERLAP_MIN_ELEMENTS", None)
+    expected = run()
+    monkeypatch.setattr(_sparse_core_triton, "OVERLAP_MIN_ELEMENTS", 0)
+    user_stream = torch.cuda.Stream()
+    for stream in (torch.cuda.current_stream(), user_stream):
+        with torch.cuda.stream(stream):
+            got = run()
+        torch.cuda.synchronize()
+        for key, value in expected.items():
+            assert torch.isfinite(value).all(), key
+            assert torch.equal(got[key], value), key

@@ -44,13 +44,14 @@ from jora_ops._sparse_core_triton import (
     _coordinate_grads_kernel,
     _coordinate_launch,
     _forward_scale,
-    _grad_input,
     _lookup,
     _next_power_of_2,
     _pdl_options,
     _programmatic_launch,
     _token_sums,
     forward_scale_buffer,
+    grad_input_beside,
+    join,
     launch_config,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
@@ -297,7 +298,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
         theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad, grad_a, grad_b = (
             torch.split_with_sizes(workspace, sizes)
         )
-        grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
+        grad_x, side = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         output_side = scale_grad or needs[3] or stats_in is not None or stats_out is not None
         scale = inner_scale if mode >= _OER else scale_or_logits
         if output_side:
@@ -334,6 +335,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
                 HAS_SCALE=mode != _NO_SCALE, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4], CAYLEY=config["cayley"],
                 BLOCK_ROWS=LOWRANK_ROWS, BLOCK_R=_next_power_of_2(rank), BLOCK_S=_SLOT_BLOCK,
             )  # fmt: skip
+        join(side)
         if config["on_backward"] is not None:
             config["on_backward"]()
         grad_scale_slot = None

@@ -36,7 +36,6 @@ No host-device synchronisation: counts are shapes, everything else stays on the 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -115,11 +114,12 @@ _OUTER_ACCUMULATOR = 4096  # values per program of the block outer-product accum
 COORDINATE_LAUNCH: tuple[int, int] = (2, 1)
 BLOCK_COORDINATE_LAUNCH: tuple[int, int] = (16, 4)
 _SLOT_BLOCK = 32
-# the backward's ∂L/∂x matmul beside the token sums (CUDA, from OVERLAP_MIN_ELEMENTS tokens × width on): on a side
-# stream of priority OVERLAP_PRIORITY (lower is higher), leaving OVERLAP_SMS SMs to the token sums (cuBLAS's SM
-# count target; 0: no target). OVERLAP_SMS < 0: one stream, in order
-OVERLAP_SMS, OVERLAP_PRIORITY, OVERLAP_MIN_ELEMENTS = -1, 0, 1 << 24
-OVERLAP_SUMS_ON_SIDE, OVERLAP_ADDMM = False, False
+# the backward's ∂L/∂x matmul on a second stream, beside the token sums (CUDA, from this many tokens × width on;
+# None: never). H200, T=8192, in one process, two runs: layer 1.304 -> 1.234 x frozen at d=2048, 1.140 -> 1.115 x
+# at d=4096, T=32768 d=4096 1.105 -> 1.095 x, d=8192 within noise. Slower: the matmul's stream at a higher
+# priority (d=4096 1.23 x), cuBLASLt's SM count target leaving 16 or 32 SMs to the token sums (1.15, 1.23 x), the
+# token sums on the second stream instead (1.22 x)
+OVERLAP_MIN_ELEMENTS: int | None = 1 << 24
 
 
 def _next_power_of_2(value: int) -> int:
@@ -150,44 +150,6 @@ def _grid_dependency_control(device: torch.device) -> bool:
         and torch.cuda.get_device_capability(device)[0] >= 9
         and hasattr(getattr(tl.extra, "cuda", None), "gdc_wait")
     )
-
-
-def _overlap(like: torch.Tensor, tokens: int, width: int) -> bool:
-    """Whether the backward runs its ``∂L/∂x`` matmul and its token sums on two streams."""
-    return OVERLAP_SMS >= 0 and like.is_cuda and tokens * width >= OVERLAP_MIN_ELEMENTS
-
-
-@functools.lru_cache(maxsize=16)
-def _side_stream(device: torch.device, priority: int) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device, priority=priority)
-
-
-def _fork(device: torch.device) -> torch.cuda.Stream:
-    """A side stream that waits for the current stream's work so far."""
-    side = _side_stream(device, OVERLAP_PRIORITY)
-    side.wait_stream(torch.cuda.current_stream(device))
-    return side
-
-
-def _grad_input_carved(
-    grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor
-) -> torch.Tensor:
-    """:func:`_grad_input` with ``OVERLAP_SMS`` SMs left free (cuBLAS's SM count target)."""
-    previous = torch._C._get_sm_carveout_experimental()
-    if OVERLAP_SMS:
-        torch._C._set_sm_carveout_experimental(OVERLAP_SMS)
-    try:
-        if OVERLAP_ADDMM:
-            zero = torch.zeros(
-                folded.shape[1] if linear else folded.shape[0], dtype=folded.dtype, device=folded.device
-            )
-            return _cast(
-                torch.addmm(zero, _as_2d(grad_out, grad_out.shape[-1]), folded if linear else folded.T),
-                x.dtype,
-            )
-        return _grad_input(grad_out, folded, linear, x, True)
-    finally:
-        torch._C._set_sm_carveout_experimental(previous)
 
 
 def _pdl_options(pdl: bool) -> dict[str, Any]:
@@ -1169,6 +1131,41 @@ def _grad_input(
     return _cast(grad_out @ folded if linear else grad_out @ folded.T, x.dtype)
 
 
+def grad_input_beside(
+    grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor, needed: bool, width: int
+) -> tuple[torch.Tensor | None, torch.cuda.Stream | None]:
+    """:func:`_grad_input` and the stream it runs on: for CUDA problems of ``OVERLAP_MIN_ELEMENTS`` tokens ×
+    ``width`` or more a second stream, forked from the current one, so that the memory-bound token sums the
+    caller launches next run beside this compute-bound matmul; else the current stream (``None``). The caller
+    joins with :func:`join` before it returns the gradient."""
+    tokens = grad_out.numel() // grad_out.shape[-1]
+    if not (
+        needed
+        and grad_out.is_cuda
+        and OVERLAP_MIN_ELEMENTS is not None
+        and tokens * width >= OVERLAP_MIN_ELEMENTS
+    ):
+        return _grad_input(grad_out, folded, linear, x, needed), None
+    current = torch.cuda.current_stream(grad_out.device)
+    side = _second_stream(grad_out.device)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        grad_x = _grad_input(grad_out, folded, linear, x, True)
+    grad_x.record_stream(current)  # allocated on the second stream, used on the current one
+    return grad_x, side
+
+
+def join(side: torch.cuda.Stream | None) -> None:
+    """Make the current stream wait for ``side`` (:func:`grad_input_beside`'s stream; ``None``: nothing)."""
+    if side is not None:
+        torch.cuda.current_stream(side.device).wait_stream(side)
+
+
+@functools.lru_cache(maxsize=16)
+def _second_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
 def _core_grads(flat: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The flat core gradient (the blocks, row-major, then the tail) as tensors shaped like ``values``."""
     if len(values) == 1:  # the diag core: already its shape
@@ -1272,18 +1269,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         g_sum = needs[3] or (
             scale_grad and bias is not None
         )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
-        side = _fork(g.device) if needs[1] and _overlap(g, tokens, width) else None
-        sums_stream: Any = contextlib.nullcontext()
-        if side is None:
-            grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
-        elif OVERLAP_SUMS_ON_SIDE:
-            sums_stream = torch.cuda.stream(side)
-            grad_x = _grad_input_carved(grad_out, folded, linear, x)
-        else:
-            with torch.cuda.stream(side):
-                grad_x = _grad_input_carved(grad_out, folded, linear, x)
-            grad_x.record_stream(torch.cuda.current_stream(g.device))
-        sums_stream.__enter__()
+        grad_x, side = grad_input_beside(grad_out, folded, linear, x, needs[1], width)
         partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
@@ -1306,9 +1292,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
             PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
         )  # fmt: skip
-        sums_stream.__exit__(None, None, None)
-        if side is not None:
-            torch.cuda.current_stream(g.device).wait_stream(side)
+        join(side)
         if config["on_backward"] is not None:
             config["on_backward"]()
         grad_scale_slot = None
