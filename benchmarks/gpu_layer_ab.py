@@ -5,7 +5,8 @@
 Per round, per knob set and shape: the device time (``gpu_tables.device_ms``: host hidden, L2 flushed) of the
 frozen layer and of JORA-diag+OER measured back to back, so the ratio is taken on the same machine state;
 the medians over the rounds are printed per knob set. Rounds interleave the sets, so drift of the GPU's
-clocks spreads over all of them.
+clocks spreads over all of them. ``--host``: wall time per call instead (``gpu_host.per_call_us``; at a tiny
+shape such as 16x4096 that is host time).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent / "device"))
 
 from with_knobs import apply_knobs
 
+from gpu_host import per_call_us
 from gpu_tables import device_ms
 from jora_ops import _sparse_core_triton
 from layers import build, step_fn
@@ -34,6 +36,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default="8192x4096,8192x2048")
     parser.add_argument("--methods", default="jora_diag_oer")
+    parser.add_argument("--host", action="store_true", help="wall time per call (µs) instead of device time")
     args = parser.parse_args()
     knob_sets = [json.loads(text) for text in args.knobs]
     names = {name for knobs in knob_sets for name in knobs}
@@ -53,8 +56,9 @@ def main() -> int:
                 for method in methods:
                     for _ in range(3):
                         runs[method]()
-                    frozen = device_ms(runs["frozen"])
-                    adapted = device_ms(runs[method])
+                    timer = per_call_us if args.host else device_ms
+                    frozen = timer(runs["frozen"])
+                    adapted = timer(runs[method])
                     ratios.setdefault((T, d, method, index), []).append(adapted / frozen)
                     times.setdefault((T, d, method, index), []).append(adapted)
             del layers, runs, x, grad
@@ -63,7 +67,7 @@ def main() -> int:
     for (T, d, method, index), values in sorted(ratios.items()):
         ms = statistics.median(times[(T, d, method, index)])
         print(f"T={T} d={d} {method} {json.dumps(knob_sets[index])}: {statistics.median(values):.4f} x frozen "
-              f"(rounds {', '.join(f'{v:.4f}' for v in values)}; {ms:.4f} ms)", flush=True)  # fmt: skip
+              f"(rounds {', '.join(f'{v:.4f}' for v in values)}; {ms:.4f} {'µs' if args.host else 'ms'})", flush=True)  # fmt: skip
     return 0
 
 

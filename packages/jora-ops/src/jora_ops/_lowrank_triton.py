@@ -298,7 +298,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
         theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad, grad_a, grad_b = (
             torch.split_with_sizes(workspace, sizes)
         )
-        grad_x, side = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
+        grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         output_side = scale_grad or needs[3] or stats_in is not None or stats_out is not None
         scale = inner_scale if mode >= _OER else scale_or_logits
         if output_side:
@@ -335,7 +335,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
                 HAS_SCALE=mode != _NO_SCALE, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4], CAYLEY=config["cayley"],
                 BLOCK_ROWS=LOWRANK_ROWS, BLOCK_R=_next_power_of_2(rank), BLOCK_S=_SLOT_BLOCK,
             )  # fmt: skip
-        join(side)
+        join(fork)
         if config["on_backward"] is not None:
             config["on_backward"]()
         grad_scale_slot = None

@@ -1133,11 +1133,11 @@ def _grad_input(
 
 def grad_input_beside(
     grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor, needed: bool, width: int
-) -> tuple[torch.Tensor | None, torch.cuda.Stream | None]:
-    """:func:`_grad_input` and the stream it runs on: for CUDA problems of ``OVERLAP_MIN_ELEMENTS`` tokens ×
+) -> tuple[torch.Tensor | None, tuple[_SecondStream, torch.cuda.Stream] | None]:
+    """:func:`_grad_input` and the fork it runs on: for CUDA problems of ``OVERLAP_MIN_ELEMENTS`` tokens ×
     ``width`` or more a second stream, forked from the current one, so that the memory-bound token sums the
-    caller launches next run beside this compute-bound matmul; else the current stream (``None``). The caller
-    joins with :func:`join` before it returns the gradient."""
+    caller launches next run beside this compute-bound matmul (``(second stream, current stream)``); else the
+    current stream (``None``). The caller joins with :func:`join` before it returns the gradient."""
     tokens = grad_out.numel() // grad_out.shape[-1]
     if not (
         needed
@@ -1147,23 +1147,39 @@ def grad_input_beside(
     ):
         return _grad_input(grad_out, folded, linear, x, needed), None
     current = torch.cuda.current_stream(grad_out.device)
-    side = _second_stream(grad_out.device)
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
+    second = _second_stream(grad_out.device)
+    second.forked.record(current)
+    second.stream.wait_event(second.forked)
+    torch.cuda.set_stream(second.stream)
+    try:
         grad_x = _grad_input(grad_out, folded, linear, x, True)
+    finally:
+        torch.cuda.set_stream(current)
     grad_x.record_stream(current)  # allocated on the second stream, used on the current one
-    return grad_x, side
+    return grad_x, (second, current)
 
 
-def join(side: torch.cuda.Stream | None) -> None:
-    """Make the current stream wait for ``side`` (:func:`grad_input_beside`'s stream; ``None``: nothing)."""
-    if side is not None:
-        torch.cuda.current_stream(side.device).wait_stream(side)
+def join(fork: tuple[_SecondStream, torch.cuda.Stream] | None) -> None:
+    """Make the stream :func:`grad_input_beside` forked from wait for its second stream (``None``: nothing)."""
+    if fork is not None:
+        second, current = fork
+        second.joined.record(second.stream)
+        current.wait_event(second.joined)
+
+
+class _SecondStream:
+    """A device's second stream and the events of a fork and a join, kept across calls (host time: no event
+    is created per backward). An event is recorded again only after the wait on its last record is enqueued;
+    autograd runs a device's backward on one thread, so forks and joins on a device do not interleave."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device)
+        self.forked, self.joined = torch.cuda.Event(), torch.cuda.Event()
 
 
 @functools.lru_cache(maxsize=16)
-def _second_stream(device: torch.device) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)
+def _second_stream(device: torch.device) -> _SecondStream:
+    return _SecondStream(device)
 
 
 def _core_grads(flat: torch.Tensor, values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -1269,7 +1285,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         g_sum = needs[3] or (
             scale_grad and bias is not None
         )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
-        grad_x, side = grad_input_beside(grad_out, folded, linear, x, needs[1], width)
+        grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], width)
         partial, splits, split_stride = _token_sums(
             g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
             full, b, params, stats_out is not None, stats_in is not None, g_sum,
@@ -1292,7 +1308,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
             PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
         )  # fmt: skip
-        join(side)
+        join(fork)
         if config["on_backward"] is not None:
             config["on_backward"]()
         grad_scale_slot = None
