@@ -5,7 +5,8 @@ of the slot), and every program sums the same per-block totals for the logits' g
 bitwise-equal gradients across identical runs (``0 + a + b`` is the same in either order); everything else
 in the backward is deterministic (fixed splits, no other atomics). Checked for the diag core with OER and
 angles, the block core (b = 4) with ECD, Cayley angles and a bias, and the lowrank core (r = 16, its factor
-kernel adds the angle shares the same way) with OER; errors vs the torch path too.
+kernel adds the angle shares the same way) with OER; errors vs the torch path too. The input's gradient is
+among them: its matmul runs on a second stream beside the token sums (a missing join would show here).
 python benchmarks/gpu_determinism_check.py
 """
 
@@ -21,7 +22,7 @@ from jora_ops import CoreSpec, Magnitude, jora_linear
 def check(core: str, magnitude: str, rotation_param: str, with_bias: bool, runs: int = 100) -> bool:
     torch.manual_seed(0)
     dev, d, T, S, b = "cuda", 4096, 8192, 32, 4
-    x = torch.randn(T, d, device=dev)
+    x = torch.randn(T, d, device=dev, requires_grad=True)  # ∂L/∂x: its matmul runs beside the token sums
     weight = torch.randn(d, d, device=dev) / d**0.5
     grad = torch.randn(T, d, device=dev)
     spec = CoreSpec(core, d, d, block_size=b, rank=16, alpha=32.0)
@@ -38,7 +39,10 @@ def check(core: str, magnitude: str, rotation_param: str, with_bias: bool, runs:
     pairs = [torch.randperm(d, device=dev)[: 2 * S].view(S, 2) for _ in range(2)]
     nu = weight.norm(dim=1)
     leaves = (
-        [p for p in core_params if p.requires_grad] + [logits, *theta] + ([bias] if bias is not None else [])
+        [p for p in core_params if p.requires_grad]
+        + [logits, *theta]
+        + ([bias] if bias is not None else [])
+        + [x]
     )
 
     def grads(impl: str) -> list[torch.Tensor]:
@@ -61,7 +65,7 @@ def check(core: str, magnitude: str, rotation_param: str, with_bias: bool, runs:
     ok = mismatches == 0 and max(errors) < 1e-4  # a race reads unwritten memory: far larger errors
     print(
         f"{core} {magnitude} {rotation_param} bias={with_bias}: runs differing from the first (of {runs}):"
-        f" {mismatches}; rel. error vs torch (core, logits, theta_L, theta_R[, bias]): "
+        f" {mismatches}; rel. error vs torch (core, logits, theta_L, theta_R[, bias], x): "
         + ", ".join(f"{e:.2e}" for e in errors)
         + ("  ok" if ok else "  FAILED")
     )
