@@ -26,9 +26,12 @@ instead of as dozens of small torch ops:
   logits' gradient comes from the per-split totals that the token sums write, and each angle gradient is the
   sum of exactly two atomic adds on a zero (the same in either order, so the backward stays deterministic).
 
-On sm_90+ the backward's two kernels are programmatic dependent launches: the token sums launch as the
-``∂L/∂x`` matmul before them ends, and the per-coordinate kernel as the token sums end; it reads what the
-forward wrote (scale, rotations, core values) before it waits for the token sums.
+From ``OVERLAP_MIN_ELEMENTS`` tokens × width on (CUDA), the backward's ``∂L/∂x`` matmul runs on a second
+stream beside the token sums (:func:`grad_input_beside`): the compute-bound matmul and the memory-bound sums
+need nothing from each other, and the sums fill the SMs and bandwidth the matmul leaves idle; the streams
+join before the gradients are returned. On sm_90+ the backward's kernels are programmatic dependent launches:
+the token sums launch as the kernel before them on their stream ends, and the per-coordinate kernel as the
+token sums end; it reads what the forward wrote (scale, rotations, core values) before it waits for them.
 
 Block sizes up to :data:`TRITON_MAX_BLOCK_SIZE` run here (slot dimensions are padded to a power of two).
 No host-device synchronisation: counts are shapes, everything else stays on the device.
