@@ -86,7 +86,8 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
     ``None`` pointer compiles only where no code that runs can touch it); the diag backward's two kernels as
     programmatic dependent launches (grid-dependency control, sm_90) and the steady-state token sums at
     d = 2048 (tile-reduced accumulators). The lowrank core's kernels at rank 16 with an offset (bf16 weights
-    and activations; the fold also for fp32 weights, exact products) and its output-side per-coordinate
+    and activations; the fold also for fp32 weights, exact products, and for an fp32 weight folded into bf16,
+    as under autocast, like the diag fold) and its output-side per-coordinate
     launch (no core parameters, no rotation tables). Launch shapes come from the modules' own geometry
     functions and constants, at T = 8192 (32768 for the long splits) and d = 4096."""
     out = []
@@ -120,6 +121,8 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
     token_sums("column sums (no params)", 1, 8192, True, HAS_BIAS=False, ROW_TOTAL=False, bias_ptr=None,
                norms_ptr=None, scale_ptr=None, PARAMS=False)  # fmt: skip
     out = [(*variant, {}) for variant in out]
+    fold_b1 = next(variant for variant in out if variant[0] == "fold b=1")  # an fp32 weight folded into bf16
+    out.append(("fold b=1, fp32 weight", *fold_b1[1:4], {"w_ptr": "*fp32"}))
     rank = 16
     bf16 = {name: "*bf16" for name in ("left_ptr", "right_ptr", "scaled_a_ptr", "rotated_b_ptr", "product_a_ptr",
                                        "product_b_ptr")}  # fmt: skip
@@ -130,6 +133,7 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
     for precision, name, pointer_types in (
         ("tf32", "lowrank fold", bf16),
         ("ieee", "lowrank fold fp32", fp32),
+        ("tf32", "lowrank fold, fp32 weight", {**bf16, "w_ptr": "*fp32"}),
     ):
         block_m, block_n, warps, k_step = lowrank.LOWRANK_FOLD_BLOCKS[precision]
         out.append((name, lowrank._lowrank_fold_kernel, {"HAS_SCALE": True, "BLOCK_M": block_m, "BLOCK_N": block_n,

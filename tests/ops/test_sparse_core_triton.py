@@ -538,6 +538,50 @@ def test_triton_under_autocast_matches_the_torch_path(core: str, block_size: int
         assert rel_error(results["triton"][1][key], expected) < 1e-2, key
 
 
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3), ("lowrank", 5)])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_triton_folds_a_wider_weight_straight_into_the_input_dtype(
+    core: str, block_size: int, layout: str
+) -> None:
+    """An fp32 weight with fp16 activations (what autocast gives the Triton path): the diag/block folded weight
+    is the float64 fold rounded once to fp16 (no fp16 copy of ``W`` first), so the output is closer to
+    ``x · round(W_eff)ᵀ`` than the torch path's, which folds a cast copy; gradients match that path."""
+    x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(36, 29, 50, 6, core, block_size, 31)
+    nu = weight.norm(dim=1)
+    weight_in = weight if layout == "linear" else weight.T.contiguous()
+
+    def run(
+        impl: str, inputs: torch.Tensor, w: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, dict]:
+        params = {k: v.to(DEVICE, dtype).clone().requires_grad_() for k, v in leaves.items()}
+        norms = nu.to(DEVICE, dtype)
+        out = jora_linear(
+            inputs, w.to(DEVICE), core=spec, core_params=tuple(params[k] for k in names),
+            pairs_L=pairs_L.to(DEVICE), theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE),
+            theta_R=params["theta_R"], magnitude=Magnitude("oer_softmax", params["logits"], norms, (norms**2).sum(), 1.0),
+            weight_layout=layout, impl=impl,
+        )  # fmt: skip
+        return out, params
+
+    # the float64 folded weight: the torch path on the identity (row t of the output is column t of W_eff)
+    identity = torch.eye(29, dtype=torch.float64, device=DEVICE)
+    folded64 = run("torch", identity, weight_in.double(), torch.float64)[0].detach().T
+    expected = x.to(DEVICE).half().double() @ folded64.half().double().T
+    grads = {}
+    for impl in ("triton", "torch"):
+        inputs = x.to(DEVICE).half().requires_grad_()
+        out, params = run(impl, inputs, weight_in, torch.float32)
+        assert out.dtype == torch.float16
+        # the diag/block fold rounds once: under the cast copy's error (≈ 4e-4 here); the lowrank update's
+        # factors are in fp16 too
+        bound = 3e-4 if impl == "triton" and core != "lowrank" else 1e-3
+        assert rel_error(out, expected) < bound, impl
+        out.float().square().sum().backward()
+        grads[impl] = {"x": inputs.grad} | {k: v.grad for k, v in params.items()}
+    for key, expected_grad in grads["torch"].items():
+        assert rel_error(grads["triton"][key], expected_grad) < 1e-2, key
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 4), ("lowrank", 8)])
 def test_triton_input_matmul_on_a_second_stream_matches_one_stream(

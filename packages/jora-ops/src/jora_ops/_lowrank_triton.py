@@ -241,8 +241,9 @@ class _LowRankLinearTriton(torch.autograd.Function):
         offset = config["offset"]
         scale = forward_scale_buffer(mode, n, scale_or_logits)
         block_k = max(_MIN_DOT_WIDTH, _next_power_of_2(rank * (2 if offset is not None else 1)))
-        left = torch.empty(n, block_k, dtype=weight.dtype, device=x.device)
-        right = torch.empty(m, block_k, dtype=weight.dtype, device=x.device)
+        # the update and the folded weight in x's dtype (the weight may be wider: read in its own)
+        left = torch.empty(n, block_k, dtype=x.dtype, device=x.device)
+        right = torch.empty(m, block_k, dtype=x.dtype, device=x.device)
         scaled_a = torch.empty(n, rank, dtype=x.dtype, device=x.device)
         rotated_b = torch.empty(m, rank, dtype=x.dtype, device=x.device)
         pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
@@ -257,8 +258,8 @@ class _LowRankLinearTriton(torch.autograd.Function):
             BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
             BLOCK_S=_SLOT_BLOCK, SPLIT_COUNTERS=_SPLIT_COUNTERS,
         )  # fmt: skip
-        folded = torch.empty_like(weight)
-        precision = "ieee" if weight.dtype == torch.float32 else "tf32"
+        folded = torch.empty(weight.shape, dtype=x.dtype, device=weight.device)
+        precision = "ieee" if x.dtype == torch.float32 else "tf32"
         block_m, block_n, warps, k_step = LOWRANK_FOLD_BLOCKS[precision]
         _lowrank_fold_kernel[(_cdiv(n, block_m), _cdiv(m, block_n))](
             weight, folded, left, right, scale, n, m, m if linear else 1, 1 if linear else n,

@@ -374,8 +374,11 @@ def jora_linear(
     Args:
         x: input ``[..., m]``.
         weight: frozen base weight, ``[n, m]`` (``weight_layout="linear"``) or ``[m, n]`` (``"conv1d"``);
-            ``None`` when ``base_output`` is given (chaining several adapters, JORA.md §1).
-        bias: optional ``[n]`` bias, added after the scale (never scaled).
+            ``None`` when ``base_output`` is given (chaining several adapters, JORA.md §1). Its dtype may
+            differ from ``x``'s (e.g. an fp32 master weight with bf16 activations): the folded weight is in
+            ``x``'s dtype — folded straight from ``weight`` on the Triton path (one pass over it, rounded
+            once), from a cast copy on the torch path.
+        bias: optional ``[n]`` bias, added after the scale (never scaled), used in ``x``'s dtype.
         core: the core's :class:`~jora_ops.cores.CoreSpec`.
         core_params: the core's parameter tuple.
         core_offset: the frozen initial core ``C₀`` in the same structured form, or ``None``.
@@ -402,16 +405,16 @@ def jora_linear(
     Returns:
         ``y`` ``[..., n]`` in the base output's dtype.
 
-    Under ``torch.autocast`` (e.g. ``Trainer(bf16=True)`` on fp32 weights) the input, the frozen weight, the
-    bias and a given ``base_output`` run in the autocast dtype, as ``nn.Linear``'s would; the adapter's own
-    parameters stay in their dtype and the output is in the autocast dtype.
+    Under ``torch.autocast`` (e.g. ``Trainer(bf16=True)`` on fp32 weights) the input, the bias and a given
+    ``base_output`` run in the autocast dtype, and the weight is folded into it, as ``nn.Linear`` would cast
+    its weight; the adapter's own parameters stay in their dtype and the output is in the autocast dtype.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):  # one dtype in the function's forward and backward
             return jora_linear(
-                _autocast(x, dtype), _autocast(weight, dtype), _autocast(bias, dtype), core=core,
+                _autocast(x, dtype), weight, _autocast(bias, dtype), core=core,
                 core_params=core_params, core_offset=core_offset, pairs_R=pairs_R, theta_R=theta_R,
                 pairs_L=pairs_L, theta_L=theta_L, scale=scale, magnitude=magnitude,
                 base_output=_autocast(base_output, dtype), weight_layout=weight_layout,
@@ -469,6 +472,8 @@ def jora_linear(
                 f"core={core.kind!r}{' and base_output' if weight is None else ''}: use impl='torch' or 'auto'"
             )
         use_triton = False
+    if bias is not None and bias.dtype != x.dtype and bias.is_floating_point():
+        bias = bias.to(x.dtype)
     if use_triton and weight is not None:  # the core is one of FOLDED_CORES here
         from jora_ops._lowrank_triton import TRITON_MAX_RANK, lowrank_linear_triton
         from jora_ops._sparse_core_triton import (
@@ -491,6 +496,8 @@ def jora_linear(
                 magnitude=magnitude, rotation_param=rotation_param, stats_in=stats_in, stats_out=stats_out,
                 on_backward=on_backward, **core_kwargs,
             )  # fmt: skip
+    if weight is not None and weight.dtype != x.dtype:  # the Triton folds read it in its own dtype
+        weight = weight.to(x.dtype)
     static = _Static(
         core=core,
         n_core_params=len(core_params),
