@@ -22,25 +22,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "device"))
 
-from with_knobs import apply_knobs
+from with_knobs import add_ab_arguments, apply_knobs, knob_sets_and_defaults
 
 from gpu_host import per_call_us
 from gpu_tables import device_ms
-from jora_ops import _sparse_core_triton
 from layers import build, step_fn
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("knobs", nargs="+", help="knob sets (JSON), '{}' = the defaults")
-    parser.add_argument("--rounds", type=int, default=3)
+    add_ab_arguments(parser)
     parser.add_argument("--shapes", default="8192x4096,8192x2048")
     parser.add_argument("--methods", default="jora_diag_oer")
     parser.add_argument("--host", action="store_true", help="wall time per call (µs) instead of device time")
     args = parser.parse_args()
-    knob_sets = [json.loads(text) for text in args.knobs]
-    names = {name for knobs in knob_sets for name in knobs}
-    defaults = {name: getattr(_sparse_core_triton, name) for name in names}
+    knob_sets, defaults = knob_sets_and_defaults(args.knobs)
     shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
     methods = args.methods.split(",")
     ratios: dict[tuple[int, int, str, int], list[float]] = {}

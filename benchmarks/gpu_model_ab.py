@@ -20,22 +20,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "device"))
 
-from with_knobs import apply_knobs
+from with_knobs import add_ab_arguments, apply_knobs, knob_sets_and_defaults
 
 from gpu_tables import build_model, model_methods, step_ms, train_step
-from jora_ops import _sparse_core_triton
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("knobs", nargs="+", help="knob sets (JSON), '{}' = the defaults")
-    parser.add_argument("--rounds", type=int, default=3)
+    add_ab_arguments(parser)
     parser.add_argument("--method", default="JORA diag+OER S=32")
     parser.add_argument("--floor", action="store_true")
     args = parser.parse_args()
-    knob_sets = [json.loads(text) for text in args.knobs]
-    names = {name for knobs in knob_sets for name in knobs}
-    defaults = {name: getattr(_sparse_core_triton, name) for name in names}
+    knob_sets, defaults = knob_sets_and_defaults(args.knobs)
     methods = model_methods()
     if args.floor:
         model, optimizer, ids = build_model(None)

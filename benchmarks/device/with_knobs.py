@@ -9,11 +9,26 @@ kernels without editing them (``gpu_kernel_sweep.py`` prints the best variant's 
 
 from __future__ import annotations
 
+import argparse
 import json
 import runpy
 import sys
 
 from jora_ops import _sparse_core_triton
+
+
+def add_ab_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every in-process A/B script takes: the knob sets (JSON) and the number of rounds."""
+    parser.add_argument("knobs", nargs="+", help="knob sets (JSON), '{}' = the defaults")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; each measures every knob set once")
+
+
+def knob_sets_and_defaults(texts: list[str]) -> tuple[list[dict], dict]:
+    """The knob sets given as JSON texts (``'{}'``: the defaults) and the current values of every knob they
+    name (apply these to restore the defaults)."""
+    knob_sets = [json.loads(text) for text in texts]
+    names = {name for knobs in knob_sets for name in knobs}
+    return knob_sets, {name: getattr(_sparse_core_triton, name) for name in names}
 
 
 def apply_knobs(knobs: dict) -> None:
