@@ -1220,9 +1220,8 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         core_values = tuple(v.contiguous() for v in core_values)
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()
-        folded = torch.empty(
-            weight.shape, dtype=x.dtype, device=weight.device
-        )  # any weight dtype folds into x's
+        # the folded weight in x's dtype: a wider weight (autocast) is read in its own dtype, rounded once
+        folded = torch.empty(weight.shape, dtype=x.dtype, device=weight.device)
         scale = forward_scale_buffer(mode, n, scale_or_logits)
         logits = scale_or_logits if mode >= _OER else None
         offset = config["offset"]
