@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from jora_peft import JoraConfig, JoraLayer
 from model_factory import MODELS, tiny_llama, token_batch
@@ -186,6 +187,43 @@ def test_mixed_precision_training_under_autocast(arch: str, core: str) -> None:
     before = {n: p.detach().clone() for n, p in adapter.items()}
     torch.optim.SGD(adapter.values(), lr=0.1).step()
     assert any(not torch.equal(p, before[n]) for n, p in adapter.items())
+
+
+class _CastRecorder(TorchDispatchMode):
+    """Records ``(source dtype, target dtype, shape)`` of every dtype cast dispatched under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.casts: list[tuple[torch.dtype, torch.dtype, tuple[int, ...]]] = []
+
+    def __torch_dispatch__(
+        self,
+        func: torch._ops.OpOverload,
+        types: tuple[type, ...],
+        args: tuple = (),
+        kwargs: dict | None = None,
+    ) -> object:
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default and isinstance(out, torch.Tensor):
+            self.casts.append((args[0].dtype, out.dtype, tuple(out.shape)))
+        return out
+
+
+@pytest.mark.parametrize("core", ["diag", "lowrank"])
+def test_autocast_layer_casts_a_low_precision_input_only_down(core: str) -> None:
+    """Under autocast a bf16 input reaches the fused function as is: no fp32 copy of it (PEFT's cast to the
+    fp32 base dtype, which autocast would undo), and the output equals that of the round trip exactly."""
+    base = nn.Sequential(nn.Linear(24, 20))
+    model = get_peft_model(base, JoraConfig(target_modules=["0"], core=core, init_weights=False, **SMALL))
+    x = torch.randn(3, 7, 24).bfloat16()
+    recorder = _CastRecorder()
+    with torch.autocast("cpu", dtype=torch.bfloat16), recorder:
+        out = model(x)
+    assert (torch.bfloat16, torch.float32, tuple(x.shape)) not in recorder.casts
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        round_trip = model(x.float())  # what the layer computed when it cast x up first
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, round_trip)
 
 
 def test_inference_mode_freezes_everything() -> None:

@@ -127,7 +127,8 @@ class JoraLayer(BaseTunerLayer):
         if self.merged or not adapters:
             return self.base_layer(x, *args, **kwargs)
         base = self.get_base_layer()
-        x = self._cast_input_dtype(x, base.weight.dtype)
+        if not torch.is_autocast_enabled(x.device.type):  # under autocast jora_linear casts x to its dtype:
+            x = self._cast_input_dtype(x, base.weight.dtype)  # a bf16 x would go up to fp32 and back down
         hidden: torch.Tensor | None = None
         last = len(adapters) - 1
         for index, adapter in enumerate(adapters):
