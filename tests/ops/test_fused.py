@@ -254,7 +254,7 @@ def test_lowrank_bf16_gradients_match_float64_reference(device: str, layout: str
 def test_autocast_runs_like_nn_linear_under_autocast(device: str, kind: str, layout: str) -> None:
     """Under ``torch.autocast`` (bf16) on fp32 weights — ``Trainer(bf16=True)`` — the input and bias run in bf16
     and the weight is folded into bf16, as ``nn.Linear`` would cast it: the output and every gradient equal
-    those of a call with bf16 input and bias and the fp32 weight without autocast, the output is within
+    those of a call with a bf16 input and the fp32 weight and bias without autocast, the output is within
     bf16 precision of the float64 reference, and ``x``'s gradient comes back in its own dtype."""
     case = make_case(kind, 24, 20, seed=13, dtype=torch.float32)
     x = torch.randn(3, 16, 20, device=device)
@@ -280,7 +280,7 @@ def test_autocast_runs_like_nn_linear_under_autocast(device: str, kind: str, lay
             with torch.autocast(device, dtype=torch.bfloat16):
                 out = jora_linear(leaves["x"], weight, bias, **kwargs)
         else:
-            out = jora_linear(leaves["x"].bfloat16(), weight, bias.bfloat16(), **kwargs)
+            out = jora_linear(leaves["x"].bfloat16(), weight, bias, **kwargs)  # fp32 weight and bias
         out.backward(grad.to(out.dtype))
         results[mode] = (out.detach(), {k: v.grad for k, v in leaves.items()})
     out, grads = results["autocast"]
