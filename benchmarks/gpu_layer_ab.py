@@ -6,7 +6,8 @@ Per round, per knob set and shape: the device time (``gpu_tables.device_ms``: ho
 frozen layer and of JORA-diag+OER measured back to back, so the ratio is taken on the same machine state;
 the medians over the rounds are printed per knob set. Rounds interleave the sets, so drift of the GPU's
 clocks spreads over all of them. ``--host``: wall time per call instead (``gpu_host.per_call_us``; at a tiny
-shape such as 16x4096 that is host time).
+shape such as 16x4096 that is host time). ``--autocast``: the layers keep fp32 frozen weights and run their
+forward under bf16 autocast (``nn.Linear`` casts its weight per call; JORA folds the fp32 weight into bf16).
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def main() -> int:
     parser.add_argument("--shapes", default="8192x4096,8192x2048")
     parser.add_argument("--methods", default="jora_diag_oer")
     parser.add_argument("--host", action="store_true", help="wall time per call (µs) instead of device time")
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="fp32 frozen weights, the forward under bf16 autocast (bf16 input)",
+    )
     args = parser.parse_args()
     knob_sets, defaults = knob_sets_and_defaults(args.knobs)
     shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
@@ -45,8 +51,10 @@ def main() -> int:
         for T, d in shapes:
             x = torch.randn(T, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             grad = torch.randn(T, d, device="cuda", dtype=torch.bfloat16)
-            layers = {m: build(m, d, d, dtype=torch.bfloat16, device="cuda") for m in ["frozen", *methods]}
-            runs = {m: step_fn(layer, x, grad) for m, layer in layers.items()}
+            weight_dtype = torch.float32 if args.autocast else torch.bfloat16
+            layers = {m: build(m, d, d, dtype=weight_dtype, device="cuda") for m in ["frozen", *methods]}
+            autocast = torch.bfloat16 if args.autocast else None
+            runs = {m: step_fn(layer, x, grad, autocast) for m, layer in layers.items()}
             for index, knobs in enumerate(knob_sets):
                 apply_knobs({**defaults, **knobs})
                 for method in methods:

@@ -111,12 +111,22 @@ def trainable(layer: nn.Module) -> int:
     return sum(p.numel() for p in layer.parameters() if p.requires_grad)
 
 
-def step_fn(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], None]:
-    """One forward + backward (input gradient and adapter gradients)."""
+def step_fn(
+    layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, autocast: torch.dtype | None = None
+) -> Callable[[], None]:
+    """One forward + backward (input gradient and adapter gradients); ``autocast``: the forward under
+    ``torch.autocast`` to that dtype (``Trainer(bf16=True)`` on an fp32 model)."""
     params = [p for p in layer.parameters() if p.requires_grad]
 
+    def forward() -> torch.Tensor:
+        if autocast is None:
+            return layer(x)
+        with torch.autocast(x.device.type, dtype=autocast):
+            return layer(x)
+
     def run() -> None:
-        layer(x).backward(grad)
+        out = forward()
+        out.backward(grad if out.dtype == grad.dtype else grad.to(out.dtype))
         x.grad = None
         for p in params:
             p.grad = None
