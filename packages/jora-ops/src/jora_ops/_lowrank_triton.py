@@ -49,9 +49,9 @@ from jora_ops._sparse_core_triton import (
     _pdl_options,
     _programmatic_launch,
     _token_sums,
+    finish_backward,
     forward_scale_buffer,
     grad_input_beside,
-    join,
     launch_config,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
@@ -336,20 +336,12 @@ class _LowRankLinearTriton(torch.autograd.Function):
                 HAS_SCALE=mode != _NO_SCALE, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4], CAYLEY=config["cayley"],
                 BLOCK_ROWS=LOWRANK_ROWS, BLOCK_R=_next_power_of_2(rank), BLOCK_S=_SLOT_BLOCK,
             )  # fmt: skip
-        join(fork)
-        if config["on_backward"] is not None:
-            config["on_backward"]()
-        grad_scale_slot = None
-        if scale_grad:
-            grad_scale_slot = _cast(logits_grad if mode >= _OER else scale_grad_buf, scale_or_logits.dtype)
+        shared = finish_backward(
+            config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits,
+            (bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad),
+        )  # fmt: skip
         return (
-            None,
-            grad_x,
-            None,
-            _cast(bias_grad, bias.dtype) if needs[3] and bias is not None else None,
-            _cast(theta_R_grad, theta_R.dtype) if needs[4] else None,
-            _cast(theta_L_grad, theta_L.dtype) if needs[5] else None,
-            grad_scale_slot,
+            *shared,
             _cast(grad_a.view(n, rank), a.dtype) if needs[7] else None,
             _cast(grad_b.view(m, rank), b.dtype) if needs[8] else None,
         )

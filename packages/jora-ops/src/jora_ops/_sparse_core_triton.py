@@ -1170,6 +1170,42 @@ def join(fork: tuple[_SecondStream, torch.cuda.Stream] | None) -> None:
         current.wait_event(second.joined)
 
 
+def finish_backward(
+    config: dict[str, Any],
+    needs: tuple[bool, ...],
+    fork: tuple[_SecondStream, torch.cuda.Stream] | None,
+    grad_x: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    theta_R: torch.Tensor,
+    theta_L: torch.Tensor,
+    scale_or_logits: torch.Tensor | None,
+    grads: tuple[torch.Tensor, ...] | None,
+) -> tuple[torch.Tensor | None, ...]:
+    """The end of every Triton backward: join the ``∂L/∂x`` stream (:func:`join`), run the end-of-backward
+    callback, and return the gradients of the inputs every core's autograd function shares — ``(config, x,
+    weight, bias, θ_R, θ_L, scale slot)`` — in their dtypes; ``grads`` is the workspace's ``(bias, θ_R, θ_L,
+    scale, logits)`` gradients (``None``: none was asked for)."""
+    join(fork)
+    if config["on_backward"] is not None:
+        config["on_backward"]()
+    if grads is None:
+        return None, grad_x, None, None, None, None, None
+    bias_grad, theta_R_grad, theta_L_grad, scale_grad, logits_grad = grads
+    mode = config["mode"]
+    scale_slot_grad = None
+    if mode != _NO_SCALE and needs[6]:
+        scale_slot_grad = _cast(logits_grad if mode >= _OER else scale_grad, scale_or_logits.dtype)
+    return (
+        None,
+        grad_x,
+        None,
+        _cast(bias_grad, bias.dtype) if needs[3] and bias is not None else None,
+        _cast(theta_R_grad, theta_R.dtype) if needs[4] else None,
+        _cast(theta_L_grad, theta_L.dtype) if needs[5] else None,
+        scale_slot_grad,
+    )
+
+
 class _SecondStream:
     """A device's second stream and the events of a fork and a join, kept across calls (host time: no event
     is created per backward). An event is recorded again only after the wait on its last record is enqueued;
@@ -1266,12 +1302,12 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         core_needs = needs[7:]
         params = needs[4] or needs[5] or any(core_needs)
         scale_grad = mode != _NO_SCALE and needs[6]
-        no_core_grads = (None,) * len(core_values)
         if not (params or scale_grad or needs[3] or stats_in is not None or stats_out is not None):
-            if config["on_backward"] is not None:
-                config["on_backward"]()
             grad_x = _grad_input(grad_out, folded, linear, x, needs[1])
-            return None, grad_x, None, None, None, None, None, *no_core_grads
+            shared = finish_backward(
+                config, needs, None, grad_x, bias, theta_R, theta_L, scale_or_logits, None
+            )
+            return *shared, *(None,) * len(core_values)
 
         g = _as_2d(grad_out, n)
         tokens = g.shape[0]
@@ -1312,20 +1348,12 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
             PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
         )  # fmt: skip
-        join(fork)
-        if config["on_backward"] is not None:
-            config["on_backward"]()
-        grad_scale_slot = None
-        if scale_grad:
-            grad_scale_slot = _cast(logits_grad if mode >= _OER else scale_grad_buf, scale_or_logits.dtype)
+        shared = finish_backward(
+            config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits,
+            (bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad),
+        )  # fmt: skip
         return (
-            None,
-            grad_x,
-            None,
-            _cast(bias_grad, bias.dtype) if needs[3] and bias is not None else None,
-            _cast(theta_R_grad, theta_R.dtype) if needs[4] else None,
-            _cast(theta_L_grad, theta_L.dtype) if needs[5] else None,
-            grad_scale_slot,
+            *shared,
             *(
                 _cast(grad, value.dtype) if wanted else None
                 for grad, value, wanted in zip(
