@@ -405,16 +405,17 @@ def jora_linear(
     Returns:
         ``y`` ``[..., n]`` in the base output's dtype.
 
-    Under ``torch.autocast`` (e.g. ``Trainer(bf16=True)`` on fp32 weights) the input, the bias and a given
-    ``base_output`` run in the autocast dtype, and the weight is folded into it, as ``nn.Linear`` would cast
-    its weight; the adapter's own parameters stay in their dtype and the output is in the autocast dtype.
+    Under ``torch.autocast`` (e.g. ``Trainer(bf16=True)`` on fp32 weights) the input and a given
+    ``base_output`` run in the autocast dtype, and with them the bias and the folded weight, as ``nn.Linear``
+    would cast its weight and bias; the adapter's own parameters stay in their dtype and the output is in the
+    autocast dtype.
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         with torch.autocast(device_type, enabled=False):  # one dtype in the function's forward and backward
             return jora_linear(
-                _autocast(x, dtype), weight, _autocast(bias, dtype), core=core,
+                _autocast(x, dtype), weight, bias, core=core,
                 core_params=core_params, core_offset=core_offset, pairs_R=pairs_R, theta_R=theta_R,
                 pairs_L=pairs_L, theta_L=theta_L, scale=scale, magnitude=magnitude,
                 base_output=_autocast(base_output, dtype), weight_layout=weight_layout,
