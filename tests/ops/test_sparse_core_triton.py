@@ -446,6 +446,50 @@ def test_triton_gradients_with_a_frozen_leaf(frozen: str, core: str, block_size:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("impl", ["torch", "triton"])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3), ("lowrank", 4)])
+def test_without_a_scale_gradient_the_layer_saves_what_the_frozen_layer_saves(
+    impl: str, layout: str, core: str, block_size: int
+) -> None:
+    """Without a magnitude, or with frozen logits, the fused function saves no weight- or activation-sized
+    tensor but ``x`` and the base weight itself (PERFORMANCE.md: nothing beyond the base layer's); its
+    backward folds again, and every gradient equals, bit for bit, the one of a forward that kept the folded
+    weight (trainable logits: the output ``y`` and the folded weight are the two more tensors it keeps)."""
+    x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(40, 33, 150, 6, core, block_size, 17)
+    nu = weight.norm(dim=1).to(DEVICE)
+    weight = (weight if layout == "linear" else weight.T.contiguous()).to(DEVICE)
+    grad = torch.randn(150, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    grads = {}
+    for case in ("no magnitude", "frozen logits", "trainable logits"):
+        params = {
+            k: v.to(DEVICE).clone().requires_grad_(k != "logits" or case == "trainable logits")
+            for k, v in leaves.items()
+        }
+        x_in = x.to(DEVICE).clone().requires_grad_()
+        magnitude = None
+        if case != "no magnitude":
+            magnitude = Magnitude("oer_softmax", params["logits"], nu, (nu**2).sum(), 0.7)
+        saved: list[torch.Tensor] = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, kept=saved: kept.append(t) or t, lambda t: t):
+            out = jora_linear(
+                x_in, weight, core=spec, core_params=tuple(params[k] for k in names), pairs_L=pairs_L.to(DEVICE),
+                theta_L=params["theta_L"], pairs_R=pairs_R.to(DEVICE), theta_R=params["theta_R"],
+                magnitude=magnitude, weight_layout=layout, impl=impl,
+            )  # fmt: skip
+        large = {t.untyped_storage().data_ptr() for t in saved if t.numel() >= weight.numel()}
+        base = {x_in.untyped_storage().data_ptr(), weight.untyped_storage().data_ptr()}
+        if case == "trainable logits":
+            assert base < large and out.untyped_storage().data_ptr() in large and len(large) == 4
+        else:
+            assert large == base, case
+        out.backward(grad)
+        grads[case] = {"x": x_in.grad, **{k: v.grad for k, v in params.items() if k != "logits"}}
+    # (the refolded path's numerics against float64: the hypothesis test above, magnitude mode "none")
+    for key, kept in grads["trainable logits"].items():
+        assert torch.equal(grads["frozen logits"][key], kept), key
+
+
 @pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 4), ("lowrank", 3)])
 def test_triton_forward_without_grad_mode_matches_torch_path(core: str, block_size: int) -> None:
     """Under ``torch.no_grad`` (no backward follows: no rotation tables) the Triton output matches torch's."""

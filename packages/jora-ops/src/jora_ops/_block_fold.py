@@ -24,8 +24,6 @@ from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
     fold_entries,
-    folded_input_grad,
-    folded_matmul,
     gather_columns,
     output_side_grads,
     side_tables,
@@ -35,7 +33,7 @@ from jora_ops._fold_common import (
 from jora_ops.cores import CoreSpec
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["block_fold_backward", "block_fold_forward"]
+__all__ = ["block_fold", "block_fold_backward"]
 
 
 def _row_local(
@@ -101,10 +99,9 @@ def _fold(
     return folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R
 
 
-def block_fold_forward(
+def block_fold(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
     params: tuple[torch.Tensor, ...],
@@ -116,14 +113,13 @@ def block_fold_forward(
     theta_R: torch.Tensor,
     rotation_param: str,
 ) -> tuple[torch.Tensor, FoldState]:
-    """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the block core: one weight pass and one matmul."""
-    fold = FoldState(
+    """``diag(s)(W + ΔW)`` for the block core (one weight pass) and the rotation tables; ``x`` is the input."""
+    return FoldState(
         *run(
             _fold, compile_enabled(x), weight, scale, params[0], params[1], offset, pairs_L, theta_L, pairs_R,
             theta_R, layout, rotation_param, core.block_size,
         )
     )  # fmt: skip
-    return folded_matmul(x, fold.folded, bias, layout), fold
 
 
 def _block_diagonal_sums(g: torch.Tensor, xs: torch.Tensor, full: int, block_size: int) -> torch.Tensor:
@@ -257,14 +253,12 @@ def block_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients of :func:`block_fold_forward` (``x``, ``bias``, ``scale``, ``blocks``, ``tail``, angles)
-    and the selection statistics."""
+    """Gradients of ``y = x (block_fold(…).folded)ᵀ + b`` for ``bias``, ``scale``, ``blocks``, ``tail`` and the
+    angles, and the selection statistics (``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``)."""
     n, m = grad_out.shape[-1], x.shape[-1]
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("x", "bias", "scale", "blocks", "tail", "theta_L", "theta_R")
+        ("bias", "scale", "blocks", "tail", "theta_L", "theta_R")
     )
-    if needs["x"]:
-        grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
     output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
     if needs["blocks"] or needs["tail"] or needs["theta_L"] or needs["theta_R"]:
         grads["blocks"], grads["tail"], grads["theta_L"], grads["theta_R"] = run(

@@ -25,8 +25,6 @@ from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
     fold_entries,
-    folded_input_grad,
-    folded_matmul,
     gather_columns,
     output_side_grads,
     side_tables,
@@ -36,7 +34,7 @@ from jora_ops._fold_common import (
 from jora_ops.cores import CoreSpec
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["diag_fold_backward", "diag_fold_forward"]
+__all__ = ["diag_fold", "diag_fold_backward"]
 
 
 def _padded(vec: torch.Tensor | None, size: int, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
@@ -78,10 +76,9 @@ def _fold(
     return folded, partner_L, cos_L, sin_L, partner_R, cos_R, sin_R
 
 
-def diag_fold_forward(
+def diag_fold(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
     params: tuple[torch.Tensor, ...],
@@ -93,14 +90,13 @@ def diag_fold_forward(
     theta_R: torch.Tensor,
     rotation_param: str,
 ) -> tuple[torch.Tensor, FoldState]:
-    """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag core: one weight pass and one matmul."""
-    fold = FoldState(
+    """``diag(s)(W + ΔW)`` for the diag core (one weight pass) and the rotation tables; ``x`` is the input."""
+    return FoldState(
         *run(
             _fold, compile_enabled(x), weight, scale, params[0], offset[0] if offset else None, pairs_L, theta_L,
             pairs_R, theta_R, layout, rotation_param,
         )
     )  # fmt: skip
-    return folded_matmul(x, fold.folded, bias, layout), fold
 
 
 def _param_grads(
@@ -187,19 +183,16 @@ def diag_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients of :func:`diag_fold_forward` for ``x``, ``bias``, ``scale``, ``diag``, ``theta_L`` and
-    ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²`` added to the buffers).
+    """Gradients of ``y = x (diag_fold(…).folded)ᵀ + b`` for ``bias``, ``scale``, ``diag``, ``theta_L`` and
+    ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²`` added to the buffers);
+    ``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``.
 
     All full-size token sums come from one pass over ``g``, ``y`` and ``x`` (a Triton kernel with
     ``use_triton``, torch ops otherwise); ``out`` (the forward's output) gives ``h = (y − b)/s``.
     """
     n, m = grad_out.shape[-1], x.shape[-1]
     d = min(n, m)
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("x", "bias", "scale", "diag", "theta_L", "theta_R")
-    )
-    if needs["x"]:
-        grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
+    grads: dict[str, torch.Tensor | None] = dict.fromkeys(("bias", "scale", "diag", "theta_L", "theta_R"))
 
     g_raw, x_raw = grad_out.reshape(-1, n), x.reshape(-1, m)
     params_wanted = needs["diag"] or needs["theta_L"] or needs["theta_R"]

@@ -28,9 +28,10 @@ __all__ = [
 
 @dataclass
 class FoldState:
-    """What the forward keeps for the backward: the folded weight and the rotation tables (O(n + m))."""
+    """A fold: the folded weight and the rotation tables (O(n + m)). The fused function's context keeps the
+    tables; the folded weight (``None`` there) it saves or folds again (``jora_ops.fused``)."""
 
-    folded: torch.Tensor
+    folded: torch.Tensor | None
     partner_L: torch.Tensor
     cos_L: torch.Tensor
     sin_L: torch.Tensor

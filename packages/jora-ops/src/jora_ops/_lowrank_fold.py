@@ -20,8 +20,6 @@ import torch
 from jora_ops._compile import compile_enabled, run
 from jora_ops._fold_common import (
     FoldState,
-    folded_input_grad,
-    folded_matmul,
     output_side_grads,
     rotate_rows,
     rotate_rows_vjp,
@@ -31,7 +29,7 @@ from jora_ops._fold_common import (
 from jora_ops.cores import CoreSpec
 from jora_ops.rotation import rotation_cos_sin
 
-__all__ = ["LowRankFold", "lowrank_fold_backward", "lowrank_fold_forward"]
+__all__ = ["LowRankFold", "lowrank_fold", "lowrank_fold_backward"]
 
 
 @dataclass
@@ -87,10 +85,9 @@ def _fold(
     )  # fmt: skip
 
 
-def lowrank_fold_forward(
+def lowrank_fold(
     x: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor | None,
     layout: str,
     scale: torch.Tensor | None,
     params: tuple[torch.Tensor, ...],
@@ -102,15 +99,15 @@ def lowrank_fold_forward(
     theta_R: torch.Tensor,
     rotation_param: str,
 ) -> tuple[torch.Tensor, LowRankFold]:
-    """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the low-rank core: one small product, one token matmul."""
-    fold = LowRankFold(
+    """``diag(s)(W + ΔW)`` for the low-rank core (one small product, one weight pass), the rotation tables and
+    the skinny matmuls' factors; ``x`` is the input."""
+    return LowRankFold(
         *run(
             _fold, compile_enabled(x), weight, layout, scale, params[0], params[1],
             offset[0] if offset else None, offset[1] if offset else None, core.scale, pairs_L, theta_L,
             pairs_R, theta_R, rotation_param, x.dtype,
         )
     )  # fmt: skip
-    return folded_matmul(x, fold.folded, bias, layout), fold
 
 
 def _factor_grads(
@@ -176,13 +173,9 @@ def lowrank_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients of :func:`lowrank_fold_forward` (``x``, ``bias``, ``scale``, ``A``, ``B``, angles) and the
-    selection statistics."""
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("x", "bias", "scale", "A", "B", "theta_L", "theta_R")
-    )
-    if needs["x"]:
-        grads["x"] = folded_input_grad(grad_out, fold.folded, layout, x.dtype)
+    """Gradients of ``y = x (lowrank_fold(…).folded)ᵀ + b`` for ``bias``, ``scale``, ``A``, ``B`` and the angles,
+    and the selection statistics (``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``)."""
+    grads: dict[str, torch.Tensor | None] = dict.fromkeys(("bias", "scale", "A", "B", "theta_L", "theta_R"))
     output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
     wanted = [key for key in ("A", "B", "theta_L", "theta_R") if needs[key]]
     if not wanted:

@@ -52,6 +52,7 @@ from jora_ops._sparse_core_triton import (
     finish_backward,
     forward_scale_buffer,
     grad_input_beside,
+    kept_for_backward,
     launch_config,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
@@ -216,6 +217,30 @@ def _lowrank_factor_grads_kernel(
                        BLOCK_S)  # fmt: skip
 
 
+def _fold(
+    config: dict[str, Any],
+    dtype: torch.dtype,
+    weight: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """The folded weight ``s ⊙ W + left rightᵀ`` in ``dtype`` (a wider weight is read in its own dtype);
+    ``left``/``right`` from :func:`_lowrank_factors_kernel`, ``scale`` its ``s`` (or the given scale)."""
+    n, m = config["n"], config["m"]
+    linear = config["layout"] == "linear"
+    folded = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    block_m, block_n, warps, k_step = LOWRANK_FOLD_BLOCKS[precision]
+    block_k = left.shape[1]
+    _lowrank_fold_kernel[(_cdiv(n, block_m), _cdiv(m, block_n))](
+        weight, folded, left, right, scale, n, m, m if linear else 1, 1 if linear else n,
+        HAS_SCALE=config["mode"] != _NO_SCALE, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, num_warps=warps,
+    )  # fmt: skip
+    return folded
+
+
 class _LowRankLinearTriton(torch.autograd.Function):
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the lowrank core; gradients for x, bias, scale/logits, θ, A, B."""
 
@@ -233,7 +258,6 @@ class _LowRankLinearTriton(torch.autograd.Function):
         factor_b: torch.Tensor,
     ) -> torch.Tensor:
         mode, n, m, rank = config["mode"], config["n"], config["m"], config["rank"]
-        linear = config["layout"] == "linear"
         weight, theta_L, theta_R = weight.contiguous(), theta_L.contiguous(), theta_R.contiguous()
         factor_a, factor_b = factor_a.contiguous(), factor_b.contiguous()
         if scale_or_logits is not None:
@@ -258,31 +282,28 @@ class _LowRankLinearTriton(torch.autograd.Function):
             BLOCK_R=block_r, BLOCK_K=block_k, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
             BLOCK_S=_SLOT_BLOCK, SPLIT_COUNTERS=_SPLIT_COUNTERS,
         )  # fmt: skip
-        folded = torch.empty(weight.shape, dtype=x.dtype, device=weight.device)
-        precision = "ieee" if x.dtype == torch.float32 else "tf32"
-        block_m, block_n, warps, k_step = LOWRANK_FOLD_BLOCKS[precision]
-        _lowrank_fold_kernel[(_cdiv(n, block_m), _cdiv(m, block_n))](
-            weight, folded, left, right, scale, n, m, m if linear else 1, 1 if linear else n,
-            HAS_SCALE=mode != _NO_SCALE, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-            K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, num_warps=warps,
-        )  # fmt: skip
+        folded = _fold(config, x.dtype, weight, left, right, scale)
         out = folded_matmul(x, folded, bias, config["layout"])
         ctx.config = config
-        keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
+        keep_out, keep_folded = kept_for_backward(mode, ctx.needs_input_grad)
+        # the update's factors are O((n + m) r): kept to fold again when the folded weight is not
         ctx.save_for_backward(
-            x, folded, bias, theta_R, theta_L, scale_or_logits, scale if mode >= _OER else None,
-            out if keep_out else None, scaled_a, rotated_b, factor_a, factor_b,
+            x, weight, folded if keep_folded else None, None if keep_folded else left,
+            None if keep_folded else right, bias, theta_R, theta_L, scale_or_logits,
+            scale if mode >= _OER else None, out if keep_out else None, scaled_a, rotated_b, factor_a, factor_b,
         )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         config = ctx.config
-        x, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, scaled_a, rotated_b, a, b = (
-            ctx.saved_tensors
-        )
+        x, weight, folded, left, right, *vectors = ctx.saved_tensors
+        bias, theta_R, theta_L, scale_or_logits, inner_scale, out, scaled_a, rotated_b, a, b = vectors
         needs = ctx.needs_input_grad
         mode, n, m, rank = config["mode"], config["n"], config["m"], config["rank"]
+        scale = inner_scale if mode >= _OER else scale_or_logits
+        if needs[1] and folded is None:  # not kept by the forward: fold again (bit for bit the forward's)
+            folded = _fold(config, x.dtype, weight, left, right, scale)
         pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
         linear = config["layout"] == "linear"
         stats_in, stats_out = config["stats_in"], config["stats_out"]
@@ -301,7 +322,6 @@ class _LowRankLinearTriton(torch.autograd.Function):
         )
         grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         output_side = scale_grad or needs[3] or stats_in is not None or stats_out is not None
-        scale = inner_scale if mode >= _OER else scale_or_logits
         if output_side:
             logits_grads = scale_grad and mode >= _OER
             g_sum = needs[3] or (scale_grad and bias is not None)

@@ -123,6 +123,9 @@ _SLOT_BLOCK = 32
 # priority (d=4096 1.23 x), cuBLASLt's SM count target leaving 16 or 32 SMs to the token sums (1.15, 1.23 x), the
 # token sums on the second stream instead (1.22 x)
 OVERLAP_MIN_ELEMENTS: int | None = 1 << 24
+# without a scale gradient the backward folds the weight again rather than keeping it from the forward
+# (:func:`kept_for_backward`); False keeps it (one weight-sized tensor more per layer): for A/Bs
+REFOLD_IN_BACKWARD = True
 
 
 def _next_power_of_2(value: int) -> int:
@@ -1234,6 +1237,56 @@ def _core_pointers(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torc
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
+def kept_for_backward(mode: int, needs: tuple[bool, ...]) -> tuple[bool, bool]:
+    """``(keep the output, keep the folded weight)`` for a Triton autograd function's backward.
+
+    The output ``y`` is kept for the scale's gradient (``Σ_t g ⊙ y``) only, the folded weight for ``∂L/∂x``
+    only beside it (the layer then already saves an activation-sized tensor more than the frozen layer);
+    otherwise the backward folds again (one pass over ``W``) and the layer saves what the frozen layer saves:
+    ``x`` and its weight (PERFORMANCE.md)."""
+    keep_out = mode != _NO_SCALE and needs[6]
+    return keep_out, needs[1] and (keep_out or not REFOLD_IN_BACKWARD)
+
+
+def _fold(
+    config: dict[str, Any],
+    dtype: torch.dtype,
+    weight: torch.Tensor,
+    theta_R: torch.Tensor,
+    theta_L: torch.Tensor,
+    scale_or_logits: torch.Tensor | None,
+    core_values: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(folded, s, tables)`` of the diag/block core: the folded weight ``diag(s)(W + ΔW)`` in ``dtype`` (a
+    wider weight, under autocast, is read in its own dtype and rounded once), the scale buffer
+    (:func:`forward_scale_buffer`) and the rotation tables of the backward's per-coordinate kernel (``None``
+    when no parameter gradient will be asked for); contiguous inputs."""
+    pairs_L, pairs_R, mode = config["pairs_L"], config["pairs_R"], config["mode"]
+    n, m, b, slots = config["n"], config["m"], config["block_size"], config["slots"]
+    linear = config["layout"] == "linear"
+    folded = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    scale = forward_scale_buffer(mode, n, scale_or_logits)
+    logits = scale_or_logits if mode >= _OER else None
+    offset = config["offset"]
+    blocks, tail = _core_pointers(core_values)
+    offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
+    block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
+    block_cols = max(16, block_cols // slots)
+    tables = None
+    if config["rotation_tables"]:
+        tables = torch.empty(8 * max(n, m), dtype=torch.float32, device=weight.device)
+    _fold_kernel[(_cdiv(n, block_rows),)](
+        weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
+        blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
+        pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
+        config["eps"], config["alpha"], tables,
+        MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
+        BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
+        BLOCK_S=_SLOT_BLOCK, TABLES=tables is not None, SPLIT_COUNTERS=_SPLIT_COUNTERS, num_warps=FOLD_WARPS,
+    )  # fmt: skip
+    return folded, scale, tables
+
+
 class _SparseCoreLinearTriton(torch.autograd.Function):
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag/block core; gradients for x, bias, scale/logits, θ, core."""
 
@@ -1249,51 +1302,31 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         scale_or_logits: torch.Tensor | None,
         *core_values: torch.Tensor,
     ) -> torch.Tensor:
-        pairs_L, pairs_R, mode = config["pairs_L"], config["pairs_R"], config["mode"]
-        n, m, b, slots = config["n"], config["m"], config["block_size"], config["slots"]
-        linear = config["layout"] == "linear"
+        mode = config["mode"]
         weight, theta_L, theta_R = weight.contiguous(), theta_L.contiguous(), theta_R.contiguous()
         core_values = tuple(v.contiguous() for v in core_values)
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()
-        # the folded weight in x's dtype: a wider weight (autocast) is read in its own dtype, rounded once
-        folded = torch.empty(weight.shape, dtype=x.dtype, device=weight.device)
-        scale = forward_scale_buffer(mode, n, scale_or_logits)
-        logits = scale_or_logits if mode >= _OER else None
-        offset = config["offset"]
-        blocks, tail = _core_pointers(core_values)
-        offset_blocks, offset_tail = _core_pointers(offset) if offset is not None else (None, None)
-        block_rows, block_cols = FOLD_BLOCKS[config["layout"]]
-        block_cols = max(16, block_cols // slots)
-        # the rotation tables of the backward's per-coordinate kernel (read only for parameter gradients)
-        tables = None
-        if config["rotation_tables"]:
-            tables = torch.empty(8 * max(n, m), dtype=torch.float32, device=x.device)
-        _fold_kernel[(_cdiv(n, block_rows),)](
-            weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
-            blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
-            pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
-            config["eps"], config["alpha"], tables,
-            MODE=mode, HAS_OFFSET=offset is not None, CAYLEY=config["cayley"], BLOCK_SIZE=b, SLOTS=slots,
-            BLOCK_ROWS=block_rows, BLOCK_COLS=block_cols, BLOCK_N=min(FOLD_NORMALISER_BLOCK, _next_power_of_2(n)),
-            BLOCK_S=_SLOT_BLOCK, TABLES=tables is not None, SPLIT_COUNTERS=_SPLIT_COUNTERS, num_warps=FOLD_WARPS,
-        )  # fmt: skip
+        folded, scale, tables = _fold(config, x.dtype, weight, theta_R, theta_L, scale_or_logits, core_values)
         out = folded_matmul(x, folded, bias, config["layout"])
         ctx.config = config
-        keep_out = mode != _NO_SCALE and ctx.needs_input_grad[6]
+        needs = ctx.needs_input_grad
+        keep_out, keep_folded = kept_for_backward(mode, needs)
         ctx.save_for_backward(
-            x, folded, bias, theta_R, theta_L, scale_or_logits, scale if mode >= _OER else None,
-            out if keep_out else None, tables, *core_values,
+            x, weight, folded if keep_folded else None, bias, theta_R, theta_L, scale_or_logits,
+            scale if mode >= _OER else None, out if keep_out else None, tables, *core_values,
         )  # fmt: skip
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         config = ctx.config
-        x, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, tables, *core_values = (
+        x, weight, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, tables, *core_values = (
             ctx.saved_tensors
         )
         needs = ctx.needs_input_grad
+        if needs[1] and folded is None:  # not kept by the forward: fold again (bit for bit the forward's)
+            folded = _fold(config, x.dtype, weight, theta_R, theta_L, scale_or_logits, tuple(core_values))[0]
         mode, n, m = config["mode"], config["n"], config["m"]
         b, slots, full, n_diag = config["block_size"], config["slots"], config["full"], config["n_diag"]
         pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]

@@ -18,8 +18,10 @@ angles, the core parameters, the magnitude logits (or a given scale ``s``), the 
 - Chained through ``base_output`` (several active adapters), ``ΔW x`` is computed with plain torch ops and
   recomputed in backward.
 
-Activations saved: ``x`` and, with a magnitude, the output ``y`` (tensors the surrounding network usually
-keeps anyway), plus the folded weight for the fold paths and O(n + m) extras. Pair tables passed here hold
+Saved for the backward: ``x`` and O(n + m) extras; with a scale or magnitude whose gradient is wanted also
+the output ``y`` (for ``Σ_t g ⊙ y``) and, on the fold paths, the folded weight (for ``∂L/∂x``). Without
+them the backward folds again (one pass over ``W``), so that the layer saves what the frozen layer saves
+(PERFORMANCE.md: "JORA without magnitude should save nothing beyond what the base layer saves"). Pair tables passed here hold
 only active pairs (no ``-1`` rows; the Triton diag/block path also accepts ``-1`` rows): the per-adapter module
 passes the active prefix of its slot table, whose length it knows on the host (the whole table once full).
 """
@@ -32,12 +34,12 @@ from typing import Any
 
 import torch
 
-from jora_ops._block_fold import block_fold_backward, block_fold_forward
+from jora_ops._block_fold import block_fold, block_fold_backward
 from jora_ops._compile import compile_enabled, run
-from jora_ops._diag_fold import diag_fold_backward, diag_fold_forward
+from jora_ops._diag_fold import diag_fold, diag_fold_backward
 from jora_ops._dispatch import resolve_impl
-from jora_ops._fold_common import output_side_grads
-from jora_ops._lowrank_fold import lowrank_fold_backward, lowrank_fold_forward
+from jora_ops._fold_common import FoldState, folded_input_grad, folded_matmul, output_side_grads
+from jora_ops._lowrank_fold import lowrank_fold, lowrank_fold_backward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
@@ -45,9 +47,9 @@ from jora_ops.rotation import apply_rotations_reference, check_rotation_param, r
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
 # Cores whose delta is folded into the weight: parameter names, forward, backward (uniform signatures).
 _FOLDED_PATHS: dict[str, tuple[tuple[str, ...], Callable[..., Any], Callable[..., Any]]] = {
-    "diag": (("diag",), diag_fold_forward, diag_fold_backward),
-    "block": (("blocks", "tail"), block_fold_forward, block_fold_backward),
-    "lowrank": (("A", "B"), lowrank_fold_forward, lowrank_fold_backward),
+    "diag": (("diag",), diag_fold, diag_fold_backward),
+    "block": (("blocks", "tail"), block_fold, block_fold_backward),
+    "lowrank": (("A", "B"), lowrank_fold, lowrank_fold_backward),
 }
 FOLDED_CORES: tuple[str, ...] = tuple(_FOLDED_PATHS)
 
@@ -166,18 +168,21 @@ class _JoraLinearFunction(torch.autograd.Function):
         scale: torch.Tensor | None,
         *core_tensors: torch.Tensor,
     ) -> torch.Tensor:
-        params = core_tensors[: static.n_core_params]
-        offset = core_tensors[static.n_core_params :] if static.has_offset else None
         if static.magnitude is not None:  # the slot holds the logits; s is computed here
             scale = static.magnitude.scale(compile_enabled(x))
+        # the output is kept for the scale's gradient only; the folded weight for ∂L/∂x only beside it, else
+        # the backward folds again and the layer saves what the base layer saves (PERFORMANCE.md)
+        keep_out = scale is not None and ctx.needs_input_grad[7]
+        folded = None
         ctx.fold_kind = static.core.kind if weight is not None and static.core.kind in FOLDED_CORES else None
         if ctx.fold_kind is not None:
             assert weight is not None
-            fold_forward = _FOLDED_PATHS[ctx.fold_kind][1]
-            out, ctx.fold = fold_forward(
-                x, weight, bias, static.weight_layout, scale, params, offset, static.core, static.pairs_L,
-                theta_L, static.pairs_R, theta_R, static.rotation_param,
-            )  # fmt: skip
+            fold = _fold(static, ctx.fold_kind, x, weight, scale, theta_R, theta_L, core_tensors)
+            out = folded_matmul(x, fold.folded, bias, static.weight_layout)
+            if keep_out and ctx.needs_input_grad[1]:
+                folded = fold.folded
+            fold.folded = None  # saved below (or folded again), not kept on the context
+            ctx.fold = fold
             base_dtype = out.dtype
         else:
             base = base_linear(x, weight, static.weight_layout) if weight is not None else base_output
@@ -186,8 +191,8 @@ class _JoraLinearFunction(torch.autograd.Function):
             hidden = base.to(_compute_dtype(base)) + jora_delta(
                 x,
                 core=static.core,
-                core_params=params,
-                core_offset=offset,
+                core_params=core_tensors[: static.n_core_params],
+                core_offset=core_tensors[static.n_core_params :] if static.has_offset else None,
                 pairs_R=static.pairs_R,
                 theta_R=theta_R,
                 pairs_L=static.pairs_L,
@@ -201,18 +206,18 @@ class _JoraLinearFunction(torch.autograd.Function):
         ctx.static = static
         ctx.base_dtype = base_dtype
         ctx.save_for_backward(
-            x, weight, bias, theta_R, theta_L, scale, out if scale is not None else None, *core_tensors
+            x, weight, bias, theta_R, theta_L, scale, out if keep_out else None, folded, *core_tensors
         )
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         static: _Static = ctx.static
-        x, weight, bias, theta_R, theta_L, scale, out, *core_tensors = ctx.saved_tensors
+        x, weight, bias, theta_R, theta_L, scale, out, folded, *core_tensors = ctx.saved_tensors
         needs = ctx.needs_input_grad
         if ctx.fold_kind is not None:
             grads = _JoraLinearFunction._folded_backward(
-                ctx, grad_out, x, bias, theta_R, theta_L, scale, out, core_tensors
+                ctx, grad_out, x, weight, folded, bias, theta_R, theta_L, scale, out, core_tensors
             )
             return _JoraLinearFunction._logits_grad(ctx, grads, scale)
         # Bias and scale gradients and the statistics: the same token sums as the folded paths.
@@ -298,6 +303,8 @@ class _JoraLinearFunction(torch.autograd.Function):
         ctx: Any,
         grad_out: torch.Tensor,
         x: torch.Tensor,
+        weight: torch.Tensor,
+        folded: torch.Tensor | None,
         bias: torch.Tensor | None,
         theta_R: torch.Tensor,
         theta_L: torch.Tensor,
@@ -308,7 +315,12 @@ class _JoraLinearFunction(torch.autograd.Function):
         static: _Static = ctx.static
         names, _, fold_backward = _FOLDED_PATHS[ctx.fold_kind]
         needs = ctx.needs_input_grad
-        flags = {"x": needs[1], "bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7]}
+        grad_x = None
+        if needs[1]:
+            if folded is None:  # not kept by the forward: fold again (bit for bit the forward's)
+                folded = _fold(static, ctx.fold_kind, x, weight, scale, theta_R, theta_L, core_tensors).folded
+            grad_x = folded_input_grad(grad_out, folded, static.weight_layout, x.dtype)
+        flags = {"bias": needs[3], "theta_R": needs[5], "theta_L": needs[6], "scale": needs[7]}
         flags |= {name: needs[8 + i] for i, name in enumerate(names)}
         grads = fold_backward(
             grad_out, x, out, ctx.fold, bias, static.weight_layout, scale, tuple(core_tensors[: len(names)]),
@@ -319,9 +331,28 @@ class _JoraLinearFunction(torch.autograd.Function):
             static.on_backward()
         grad_bias = grads["bias"].to(bias.dtype) if grads["bias"] is not None and bias is not None else None
         return (
-            None, grads["x"], None, grad_bias, None, grads["theta_R"], grads["theta_L"], grads["scale"],
+            None, grad_x, None, grad_bias, None, grads["theta_R"], grads["theta_L"], grads["scale"],
             *(grads[name] for name in names), *([None] * (len(core_tensors) - len(names))),
         )  # fmt: skip
+
+
+def _fold(
+    static: _Static,
+    kind: str,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor | None,
+    theta_R: torch.Tensor,
+    theta_L: torch.Tensor,
+    core_tensors: tuple[torch.Tensor, ...] | list[torch.Tensor],
+) -> FoldState:
+    """The fold of a folded core (``diag(s)(W + ΔW)`` and its tables) from the autograd function's inputs."""
+    params = tuple(core_tensors[: static.n_core_params])
+    offset = tuple(core_tensors[static.n_core_params :]) if static.has_offset else None
+    return _FOLDED_PATHS[kind][1](
+        x, weight, static.weight_layout, scale, params, offset, static.core, static.pairs_L, theta_L,
+        static.pairs_R, theta_R, static.rotation_param,
+    )  # fmt: skip
 
 
 def _autocast(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
