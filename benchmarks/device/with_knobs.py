@@ -1,4 +1,5 @@
-"""Run a script or a module with launch knobs of ``jora_ops._sparse_core_triton`` overridden (device tool).
+"""Run a script or a module with launch knobs of ``jora_ops._sparse_core_triton`` (or the backward's
+``REFOLD_IN_BACKWARD`` of ``jora_ops._fold_common``) overridden (device tool).
 
     python benchmarks/device/with_knobs.py '{"COLUMN_STAGES": 3}' benchmarks/gpu_tables.py --out "$OUT" ...
     python benchmarks/device/with_knobs.py '{"COLUMN_STAGES": 3}' -m pytest -q tests/ops/test_gpu.py
@@ -14,7 +15,9 @@ import json
 import runpy
 import sys
 
-from jora_ops import _sparse_core_triton
+from jora_ops import _fold_common, _sparse_core_triton
+
+_KNOB_MODULES = (_sparse_core_triton, _fold_common)
 
 
 def add_ab_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,16 +31,22 @@ def knob_sets_and_defaults(texts: list[str]) -> tuple[list[dict], dict]:
     name (apply these to restore the defaults)."""
     knob_sets = [json.loads(text) for text in texts]
     names = {name for knobs in knob_sets for name in knobs}
-    return knob_sets, {name: getattr(_sparse_core_triton, name) for name in names}
+    return knob_sets, {name: getattr(_knob_module(name), name) for name in names}
+
+
+def _knob_module(name: str):
+    """The module that holds knob ``name`` (unknown names fail)."""
+    for module in _KNOB_MODULES:
+        if hasattr(module, name):
+            return module
+    raise SystemExit(f"unknown knob {name!r} of {', '.join(m.__name__ for m in _KNOB_MODULES)}")
 
 
 def apply_knobs(knobs: dict) -> None:
-    """Set launch knobs of ``jora_ops._sparse_core_triton`` (JSON lists become tuples); unknown names fail."""
-    unknown = [name for name in knobs if not hasattr(_sparse_core_triton, name)]
-    if unknown:
-        raise SystemExit(f"unknown knobs {unknown} of jora_ops._sparse_core_triton")
+    """Set launch knobs (JSON lists become tuples); unknown names fail."""
+    modules = {name: _knob_module(name) for name in knobs}
     for name, value in knobs.items():
-        setattr(_sparse_core_triton, name, tuple(value) if isinstance(value, list) else value)
+        setattr(modules[name], name, tuple(value) if isinstance(value, list) else value)
     _sparse_core_triton._token_sum_geometry.cache_clear()
 
 

@@ -112,7 +112,7 @@ def block_fold(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
-) -> tuple[torch.Tensor, FoldState]:
+) -> FoldState:
     """``diag(s)(W + ΔW)`` for the block core (one weight pass) and the rotation tables; ``x`` is the input."""
     return FoldState(
         *run(

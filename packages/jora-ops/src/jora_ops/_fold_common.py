@@ -17,6 +17,7 @@ __all__ = [
     "fold_entries",
     "folded_input_grad",
     "folded_matmul",
+    "kept_for_backward",
     "output_side_grads",
     "rotate_rows",
     "rotate_rows_vjp",
@@ -24,6 +25,22 @@ __all__ = [
     "theta_grad",
     "token_sums",
 ]
+
+
+# without a scale gradient the backward folds the weight again rather than keeping it from the forward
+# (:func:`kept_for_backward`); False keeps it (one weight-sized tensor more per layer): for A/Bs
+REFOLD_IN_BACKWARD = True
+
+
+def kept_for_backward(scale_grad: bool, input_grad: bool) -> tuple[bool, bool]:
+    """``(keep the output, keep the folded weight)`` for a fused function's backward, every path.
+
+    The output ``y`` is kept for the scale's gradient (``Σ_t g ⊙ y``) only, the folded weight for ``∂L/∂x``
+    only beside it (the layer then already saves an activation-sized tensor more than the frozen layer);
+    otherwise the backward folds again (one pass over ``W``) and the layer saves what the frozen layer saves,
+    ``x`` and its weight (PERFORMANCE.md: "JORA without magnitude should save nothing beyond what the base
+    layer saves")."""
+    return scale_grad, input_grad and (scale_grad or not REFOLD_IN_BACKWARD)
 
 
 @dataclass

@@ -98,7 +98,7 @@ def lowrank_fold(
     pairs_R: torch.Tensor,
     theta_R: torch.Tensor,
     rotation_param: str,
-) -> tuple[torch.Tensor, LowRankFold]:
+) -> LowRankFold:
     """``diag(s)(W + ΔW)`` for the low-rank core (one small product, one weight pass), the rotation tables and
     the skinny matmuls' factors; ``x`` is the input."""
     return LowRankFold(

@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from jora_ops._fold_common import folded_matmul
+from jora_ops._fold_common import folded_matmul, kept_for_backward
 from jora_ops._sparse_core_triton import (
     _NO_SCALE,
     _OER,
@@ -52,7 +52,6 @@ from jora_ops._sparse_core_triton import (
     finish_backward,
     forward_scale_buffer,
     grad_input_beside,
-    kept_for_backward,
     launch_config,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
@@ -285,7 +284,8 @@ class _LowRankLinearTriton(torch.autograd.Function):
         folded = _fold(config, x.dtype, weight, left, right, scale)
         out = folded_matmul(x, folded, bias, config["layout"])
         ctx.config = config
-        keep_out, keep_folded = kept_for_backward(mode, ctx.needs_input_grad)
+        needs = ctx.needs_input_grad
+        keep_out, keep_folded = kept_for_backward(mode != _NO_SCALE and needs[6], needs[1])
         # the update's factors are O((n + m) r): kept to fold again when the folded weight is not
         ctx.save_for_backward(
             x, weight, folded if keep_folded else None, None if keep_folded else left,

@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from jora_ops._dispatch import triton_interpreting
-from jora_ops._fold_common import folded_matmul
+from jora_ops._fold_common import folded_matmul, kept_for_backward
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
 if TYPE_CHECKING:
@@ -123,9 +123,6 @@ _SLOT_BLOCK = 32
 # priority (d=4096 1.23 x), cuBLASLt's SM count target leaving 16 or 32 SMs to the token sums (1.15, 1.23 x), the
 # token sums on the second stream instead (1.22 x)
 OVERLAP_MIN_ELEMENTS: int | None = 1 << 24
-# without a scale gradient the backward folds the weight again rather than keeping it from the forward
-# (:func:`kept_for_backward`); False keeps it (one weight-sized tensor more per layer): for A/Bs
-REFOLD_IN_BACKWARD = True
 
 
 def _next_power_of_2(value: int) -> int:
@@ -1237,17 +1234,6 @@ def _core_pointers(values: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torc
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def kept_for_backward(mode: int, needs: tuple[bool, ...]) -> tuple[bool, bool]:
-    """``(keep the output, keep the folded weight)`` for a Triton autograd function's backward.
-
-    The output ``y`` is kept for the scale's gradient (``Σ_t g ⊙ y``) only, the folded weight for ``∂L/∂x``
-    only beside it (the layer then already saves an activation-sized tensor more than the frozen layer);
-    otherwise the backward folds again (one pass over ``W``) and the layer saves what the frozen layer saves:
-    ``x`` and its weight (PERFORMANCE.md)."""
-    keep_out = mode != _NO_SCALE and needs[6]
-    return keep_out, needs[1] and (keep_out or not REFOLD_IN_BACKWARD)
-
-
 def _fold(
     config: dict[str, Any],
     dtype: torch.dtype,
@@ -1311,7 +1297,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         out = folded_matmul(x, folded, bias, config["layout"])
         ctx.config = config
         needs = ctx.needs_input_grad
-        keep_out, keep_folded = kept_for_backward(mode, needs)
+        keep_out, keep_folded = kept_for_backward(mode != _NO_SCALE and needs[6], needs[1])
         ctx.save_for_backward(
             x, weight, folded if keep_folded else None, bias, theta_R, theta_L, scale_or_logits,
             scale if mode >= _OER else None, out if keep_out else None, tables, *core_values,

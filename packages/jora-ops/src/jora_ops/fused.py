@@ -38,7 +38,13 @@ from jora_ops._block_fold import block_fold, block_fold_backward
 from jora_ops._compile import compile_enabled, run
 from jora_ops._diag_fold import diag_fold, diag_fold_backward
 from jora_ops._dispatch import resolve_impl
-from jora_ops._fold_common import FoldState, folded_input_grad, folded_matmul, output_side_grads
+from jora_ops._fold_common import (
+    FoldState,
+    folded_input_grad,
+    folded_matmul,
+    kept_for_backward,
+    output_side_grads,
+)
 from jora_ops._lowrank_fold import lowrank_fold, lowrank_fold_backward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
 from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
@@ -170,16 +176,15 @@ class _JoraLinearFunction(torch.autograd.Function):
     ) -> torch.Tensor:
         if static.magnitude is not None:  # the slot holds the logits; s is computed here
             scale = static.magnitude.scale(compile_enabled(x))
-        # the output is kept for the scale's gradient only; the folded weight for ∂L/∂x only beside it, else
-        # the backward folds again and the layer saves what the base layer saves (PERFORMANCE.md)
-        keep_out = scale is not None and ctx.needs_input_grad[7]
+        needs = ctx.needs_input_grad
+        keep_out, keep_folded = kept_for_backward(scale is not None and needs[7], needs[1])
         folded = None
         ctx.fold_kind = static.core.kind if weight is not None and static.core.kind in FOLDED_CORES else None
         if ctx.fold_kind is not None:
             assert weight is not None
             fold = _fold(static, ctx.fold_kind, x, weight, scale, theta_R, theta_L, core_tensors)
             out = folded_matmul(x, fold.folded, bias, static.weight_layout)
-            if keep_out and ctx.needs_input_grad[1]:
+            if keep_folded:
                 folded = fold.folded
             fold.folded = None  # saved below (or folded again), not kept on the context
             ctx.fold = fold
