@@ -447,18 +447,22 @@ def test_triton_gradients_with_a_frozen_leaf(frozen: str, core: str, block_size:
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+@pytest.mark.parametrize("layout", ["linear", "conv1d", "linear, strided"])
 @pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3), ("lowrank", 4)])
 def test_without_a_scale_gradient_the_layer_saves_what_the_frozen_layer_saves(
     impl: str, layout: str, core: str, block_size: int
 ) -> None:
     """Without a magnitude, or with frozen logits, the fused function saves no weight- or activation-sized
-    tensor but ``x`` and the base weight itself (PERFORMANCE.md: nothing beyond the base layer's); its
-    backward folds again, and every gradient equals, bit for bit, the one of a forward that kept the folded
-    weight (trainable logits: the output ``y`` and the folded weight are the two more tensors it keeps)."""
+    tensor but ``x`` and the base weight itself, a strided view too (PERFORMANCE.md: nothing beyond the base
+    layer's); its backward folds again, and every gradient equals, bit for bit, the one of a forward that kept
+    the folded weight (trainable logits: the output ``y`` and the folded weight are the two more it keeps)."""
     x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(40, 33, 150, 6, core, block_size, 17)
     nu = weight.norm(dim=1).to(DEVICE)
-    weight = (weight if layout == "linear" else weight.T.contiguous()).to(DEVICE)
+    if layout == "conv1d":
+        weight = weight.T.contiguous()
+    elif layout == "linear, strided":  # a transposed view: saved as it is, never as a contiguous copy
+        weight, layout = weight.T.contiguous().T, "linear"
+    weight = weight.to(DEVICE)
     grad = torch.randn(150, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     grads = {}
     for case in ("no magnitude", "frozen logits", "trainable logits"):

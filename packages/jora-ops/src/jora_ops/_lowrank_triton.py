@@ -228,6 +228,7 @@ def _fold(
     ``left``/``right`` from :func:`_lowrank_factors_kernel`, ``scale`` its ``s`` (or the given scale)."""
     n, m = config["n"], config["m"]
     linear = config["layout"] == "linear"
+    weight = weight.contiguous()
     folded = torch.empty(weight.shape, dtype=dtype, device=weight.device)
     precision = "ieee" if dtype == torch.float32 else "tf32"
     block_m, block_n, warps, k_step = LOWRANK_FOLD_BLOCKS[precision]
@@ -257,7 +258,8 @@ class _LowRankLinearTriton(torch.autograd.Function):
         factor_b: torch.Tensor,
     ) -> torch.Tensor:
         mode, n, m, rank = config["mode"], config["n"], config["m"], config["rank"]
-        weight, theta_L, theta_R = weight.contiguous(), theta_L.contiguous(), theta_R.contiguous()
+        # the weight stays as given (the folds read it contiguous): saved as it is, maybe refolded from
+        theta_L, theta_R = theta_L.contiguous(), theta_R.contiguous()
         factor_a, factor_b = factor_a.contiguous(), factor_b.contiguous()
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()

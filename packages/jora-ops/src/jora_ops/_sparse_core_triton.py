@@ -1246,8 +1246,9 @@ def _fold(
     """``(folded, s, tables)`` of the diag/block core: the folded weight ``diag(s)(W + ΔW)`` in ``dtype`` (a
     wider weight, under autocast, is read in its own dtype and rounded once), the scale buffer
     (:func:`forward_scale_buffer`) and the rotation tables of the backward's per-coordinate kernel (``None``
-    when no parameter gradient will be asked for); contiguous inputs."""
+    when no parameter gradient will be asked for); contiguous inputs but the weight."""
     pairs_L, pairs_R, mode = config["pairs_L"], config["pairs_R"], config["mode"]
+    weight = weight.contiguous()
     n, m, b, slots = config["n"], config["m"], config["block_size"], config["slots"]
     linear = config["layout"] == "linear"
     folded = torch.empty(weight.shape, dtype=dtype, device=weight.device)
@@ -1289,7 +1290,8 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         *core_values: torch.Tensor,
     ) -> torch.Tensor:
         mode = config["mode"]
-        weight, theta_L, theta_R = weight.contiguous(), theta_L.contiguous(), theta_R.contiguous()
+        # the weight stays as given (the folds read it contiguous): saved as it is, maybe refolded from
+        theta_L, theta_R = theta_L.contiguous(), theta_R.contiguous()
         core_values = tuple(v.contiguous() for v in core_values)
         if scale_or_logits is not None:
             scale_or_logits = scale_or_logits.contiguous()
