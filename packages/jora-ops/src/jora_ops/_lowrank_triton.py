@@ -41,18 +41,14 @@ from jora_ops._sparse_core_triton import (
     _add_angle_grads,
     _as_2d,
     _cast,
-    _coordinate_grads_kernel,
-    _coordinate_launch,
     _forward_scale,
     _lookup,
     _next_power_of_2,
-    _pdl_options,
-    _programmatic_launch,
-    _token_sums,
     finish_backward,
     forward_scale_buffer,
     grad_input_beside,
     launch_config,
+    sums_and_coordinate_grads,
 )
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
@@ -313,7 +309,6 @@ class _LowRankLinearTriton(torch.autograd.Function):
         factors = needs[7] or needs[8] or needs[4] or needs[5]
         g = _as_2d(grad_out, n)
         xs = _as_2d(x, m)
-        tokens = g.shape[0]
         n_L, n_R = pairs_L.shape[0], pairs_R.shape[0]
         # one fp32 workspace: the angle gradients first (the token sums zero them), the bias, scale and logits
         # gradients, the factors' gradients
@@ -325,27 +320,10 @@ class _LowRankLinearTriton(torch.autograd.Function):
         grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         output_side = scale_grad or needs[3] or stats_in is not None or stats_out is not None
         if output_side:
-            logits_grads = scale_grad and mode >= _OER
-            g_sum = needs[3] or (scale_grad and bias is not None)
-            no_pairs = torch.empty(0, 2, dtype=torch.int64, device=x.device)
-            partial, splits, split_stride = _token_sums(
-                g, _as_2d(out, n) if out is not None else None, xs, no_pairs, no_pairs, theta_R, 0, 0, 1, False,
-                stats_out is not None, stats_in is not None, g_sum,
-                (bias, config["norms"], config["eps"], inner_scale) if logits_grads else None,
-                (workspace, n_L + n_R),
-            )  # fmt: skip
-            block, coordinate_warps = _coordinate_launch(1)
-            pdl = _programmatic_launch(g.device)
-            _coordinate_grads_kernel[(_cdiv(max(n, m), block),)](
-                partial, splits, split_stride, max(n, m), scale, bias, bias_grad, scale_grad_buf, stats_out,
-                stats_in, 1.0 / max(tokens, 1), workspace, workspace, workspace, pairs_L, theta_L, n_L, pairs_R,
-                theta_R, n_R, n, m, 0, 0, scale_or_logits, config["norms"], config["temperature"], logits_grad,
-                config["eps"], config["alpha"], theta_L_grad, theta_R_grad, None,
-                HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
-                G_SUM=g_sum, PARAMS=False, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None,
-                CAYLEY=config["cayley"], BLOCK_SIZE=1, SLOTS=1, BLOCK=block, BLOCK_S=_SLOT_BLOCK,
-                BLOCK_SPLITS=_next_power_of_2(splits), MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=False,
-                THETA_R_GRAD=False, PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
+            sums_and_coordinate_grads(
+                config, needs, g, _as_2d(out, n) if out is not None else None, xs, theta_R, theta_L,
+                scale_or_logits, inner_scale, bias,
+                (theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad), (workspace, n_L + n_R), None,
             )  # fmt: skip
         elif factors:  # the angle gradients accumulate from zero
             workspace[: n_L + n_R].zero_()

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import triton
@@ -1274,6 +1274,72 @@ def _fold(
     return folded, scale, tables
 
 
+class CoreLaunch(NamedTuple):
+    """The diag/block core's share of the backward's two kernels: its sizes (``n_diag``, ``full`` coordinates
+    in blocks of ``block_size``, padded to ``slots``), its values (``blocks``, ``tail``), its flat gradient, the
+    forward's rotation tables, and whether a parameter gradient (core or angles) is wanted."""
+
+    n_diag: int
+    full: int
+    block_size: int
+    slots: int
+    blocks: torch.Tensor
+    tail: torch.Tensor
+    core_grad: torch.Tensor
+    tables: torch.Tensor | None
+    params: bool
+
+
+def sums_and_coordinate_grads(
+    config: dict[str, Any],
+    needs: tuple[bool, ...],
+    g: torch.Tensor,
+    out: torch.Tensor | None,
+    xs: torch.Tensor,
+    theta_R: torch.Tensor,
+    theta_L: torch.Tensor,
+    scale_or_logits: torch.Tensor | None,
+    inner_scale: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    grads: tuple[torch.Tensor, ...],
+    zeroed: tuple[torch.Tensor, int],
+    core: CoreLaunch | None,
+) -> None:
+    """The backward's token sums and per-coordinate kernel (2-D ``g``, ``out``, ``xs``): into ``grads``, the
+    workspace's ``(θ_L, θ_R, bias, scale, logits)`` gradients, the bias, scale and logits gradients and the
+    statistics, and with ``core`` (the diag/block core; ``None``: the lowrank core, whose factors and angles
+    have their own kernel) the core's and the angles' gradients; ``zeroed`` as :func:`_token_sums` takes it."""
+    mode, n, m, width = config["mode"], config["n"], config["m"], max(config["n"], config["m"])
+    pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
+    stats_in, stats_out = config["stats_in"], config["stats_out"]
+    theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad = grads
+    if core is None:  # no core parameters here (any pointer will do for the unused ones)
+        core = CoreLaunch(0, 0, 1, 1, bias_grad, bias_grad, bias_grad, None, False)
+    scale_grad = mode != _NO_SCALE and needs[6]
+    logits_grads = scale_grad and mode >= _OER
+    g_sum = needs[3] or (scale_grad and bias is not None)  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
+    partial, splits, split_stride = _token_sums(
+        g, out, xs, pairs_L, pairs_R, theta_R, core.n_diag, core.full, core.block_size, core.params,
+        stats_out is not None, stats_in is not None, g_sum,
+        (bias, config["norms"], config["eps"], inner_scale) if logits_grads else None, zeroed,
+    )  # fmt: skip
+    scale = inner_scale if mode >= _OER else scale_or_logits
+    block, coordinate_warps = _coordinate_launch(core.slots)
+    pdl = _programmatic_launch(g.device)
+    _coordinate_grads_kernel[(_cdiv(width, block),)](
+        partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
+        1.0 / max(g.shape[0], 1), core.blocks, core.tail, core.core_grad, pairs_L, theta_L, pairs_L.shape[0],
+        pairs_R, theta_R, pairs_R.shape[0], n, m, core.n_diag, core.full, scale_or_logits, config["norms"],
+        config["temperature"], logits_grad, config["eps"], config["alpha"], theta_L_grad, theta_R_grad, core.tables,
+        HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
+        G_SUM=g_sum, PARAMS=core.params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None,
+        CAYLEY=config["cayley"], BLOCK_SIZE=core.block_size, SLOTS=core.slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK,
+        BLOCK_SPLITS=_next_power_of_2(splits), MODE=mode, LOGITS_GRAD=logits_grads,
+        THETA_L_GRAD=core.params and needs[5], THETA_R_GRAD=core.params and needs[4], PDL=pdl,
+        num_warps=coordinate_warps, **_pdl_options(pdl),
+    )  # fmt: skip
+
+
 class _SparseCoreLinearTriton(torch.autograd.Function):
     """``y = x (diag(s)(W + ΔW))ᵀ + b`` for the diag/block core; gradients for x, bias, scale/logits, θ, core."""
 
@@ -1331,8 +1397,6 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
             return *shared, *(None,) * len(core_values)
 
         g = _as_2d(grad_out, n)
-        tokens = g.shape[0]
-        width = max(n, m)
         # one small fp32 workspace for the gradient vectors (kept by .grad): the angle gradients first (the
         # token sums zero them), the flat core gradient (the blocks, [full, b] row-major, then the tail; never
         # empty: n_diag ≥ 1, so its pointer is never null), the bias, scale and logits gradients
@@ -1342,32 +1406,12 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         theta_L_grad, theta_R_grad, core_grad, bias_grad, scale_grad_buf, logits_grad = (
             torch.split_with_sizes(workspace, sizes)  # the op itself: Tensor.split's wrapper costs more
         )
-        logits_grads = scale_grad and mode >= _OER
-        g_sum = needs[3] or (
-            scale_grad and bias is not None
-        )  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
-        grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], width)
-        partial, splits, split_stride = _token_sums(
-            g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), pairs_L, pairs_R, theta_R, n_diag,
-            full, b, params, stats_out is not None, stats_in is not None, g_sum,
-            (bias, config["norms"], config["eps"], inner_scale) if logits_grads else None,
-            (workspace, n_L + n_R),
-        )  # fmt: skip
-        cayley = config["cayley"]
+        grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         blocks, tail = _core_pointers(tuple(core_values))
-        scale = inner_scale if mode >= _OER else scale_or_logits
-        block, coordinate_warps = _coordinate_launch(slots)
-        pdl = _programmatic_launch(g.device)
-        _coordinate_grads_kernel[(_cdiv(width, block),)](
-            partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
-            1.0 / max(tokens, 1), blocks, tail, core_grad, pairs_L, theta_L, n_L, pairs_R, theta_R,
-            n_R, n, m, n_diag, full, scale_or_logits, config["norms"], config["temperature"], logits_grad,
-            config["eps"], config["alpha"], theta_L_grad, theta_R_grad, tables,
-            HAS_SCALE=mode != _NO_SCALE, HAS_BIAS=bias is not None, SCALE_GRAD=scale_grad, BIAS_GRAD=needs[3],
-            G_SUM=g_sum, PARAMS=params, STATS_OUT=stats_out is not None, STATS_IN=stats_in is not None, CAYLEY=cayley,
-            BLOCK_SIZE=b, SLOTS=slots, BLOCK=block, BLOCK_S=_SLOT_BLOCK, BLOCK_SPLITS=_next_power_of_2(splits),
-            MODE=mode, LOGITS_GRAD=logits_grads, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4],
-            PDL=pdl, num_warps=coordinate_warps, **_pdl_options(pdl),
+        sums_and_coordinate_grads(
+            config, needs, g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), theta_R, theta_L,
+            scale_or_logits, inner_scale, bias, (theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad),
+            (workspace, n_L + n_R), CoreLaunch(n_diag, full, b, slots, blocks, tail, core_grad, tables, params),
         )  # fmt: skip
         shared = finish_backward(
             config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits,
