@@ -48,26 +48,27 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def correctness(report: dict) -> None:
     """Triton vs the torch path (eager: ``JORA_COMPILE=0``) for the diag, block and lowrank cores (the block
     size column is the lowrank core's rank), and the fp32 output vs the float64 dense reference where
-    ``n = m ≤ 4096``."""
+    ``n = m ≤ 4096``. A given scale, trainable in some cases (the forward keeps the folded weight) and frozen
+    in the others (the backward folds again)."""
     import os
 
     from jora_ops import CoreSpec, core_dense, jora_linear, rotation_matrix
 
     os.environ["JORA_COMPILE"] = "0"
-    # (T, n, m, S per side, core, block size)
+    # (T, n, m, S per side, core, block size, the scale trainable)
     cases = [
-        (4096, 2048, 3072, 256, "diag", 1),
-        (32768, 4096, 4096, 512, "diag", 1),
-        (8192, 8192, 2048, 512, "diag", 1),
-        (8192, 4096, 4096, 256, "block", 4),
-        (32768, 2048, 4096, 512, "block", 4),
-        (8192, 3072, 3072, 128, "block", 3),
-        (8192, 4096, 4096, 256, "lowrank", 16),
-        (32768, 2048, 4096, 512, "lowrank", 8),
+        (4096, 2048, 3072, 256, "diag", 1, True),
+        (32768, 4096, 4096, 512, "diag", 1, False),
+        (8192, 8192, 2048, 512, "diag", 1, True),
+        (8192, 4096, 4096, 256, "block", 4, True),
+        (32768, 2048, 4096, 512, "block", 4, False),
+        (8192, 3072, 3072, 128, "block", 3, True),
+        (8192, 4096, 4096, 256, "lowrank", 16, False),
+        (32768, 2048, 4096, 512, "lowrank", 8, True),
     ]
     rows = []
     for dtype in (torch.float32, torch.bfloat16):
-        for T, n, m, S, kind, b in cases:
+        for T, n, m, S, kind, b, scale_grad in cases:
             torch.manual_seed(T + n + m + b)
             dev = "cuda"
             d = min(n, m)
@@ -95,7 +96,8 @@ def correctness(report: dict) -> None:
             grad = torch.randn(T, n, device=dev, dtype=dtype)
             outs = {}
             for impl in ("torch", "triton"):
-                leaves = {k: v.clone().requires_grad_(k != "weight") for k, v in base.items()}
+                frozen = ("weight",) if scale_grad else ("weight", "scale")
+                leaves = {k: v.clone().requires_grad_(k not in frozen) for k, v in base.items()}
                 stats_in, stats_out = torch.zeros(m, device=dev), torch.zeros(n, device=dev)
                 out = jora_linear(
                     leaves["x"], leaves["weight"], leaves["bias"], core=spec,
@@ -119,9 +121,11 @@ def correctness(report: dict) -> None:
             limit = 1e-5 if dtype == torch.float32 else 1e-2
             ok = all(e < limit for e in errors.values())
             rows.append({"dtype": str(dtype), "T": T, "n": n, "m": m, "S": S, "core": kind, "block_size": b,
-                         "max_rel": max(errors.values()), "ok": ok, "errors": errors})  # fmt: skip
+                         "refold": not scale_grad, "max_rel": max(errors.values()), "ok": ok,
+                         "errors": errors})  # fmt: skip
             print(
-                f"correctness {dtype} {kind}(b={b}) T={T} n={n} m={m} S={S}: max rel {max(errors.values()):.2e}"
+                f"correctness {dtype} {kind}(b={b}){' refold' if not scale_grad else ''} T={T} n={n} m={m} S={S}: "
+                f"max rel {max(errors.values()):.2e}"
                 f" {'OK' if ok else 'FAIL ' + str(errors)}",
                 flush=True,
             )
@@ -336,7 +340,8 @@ def markdown(report: dict) -> str:
             "|---|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {r['dtype']} | {r.get('core', 'diag')} (b={r.get('block_size', 1)}) | {r['T']} | {r['n']} | {r['m']}"
+            f"| {r['dtype']} | {r.get('core', 'diag')} (b={r.get('block_size', 1)}{', refold' if r.get('refold') else ''})"
+            f" | {r['T']} | {r['n']} | {r['m']}"
             f" | {r['S']} | {r['max_rel']:.2e} | {r['ok']} |"
             for r in report["correctness"]
         ]

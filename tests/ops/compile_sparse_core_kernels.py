@@ -137,7 +137,8 @@ def variants() -> list[tuple[str, Any, dict[str, Any], int, dict[str, str]]]:
     ):
         block_m, block_n, warps, k_step = lowrank.LOWRANK_FOLD_BLOCKS[precision]
         out.append((name, lowrank._lowrank_fold_kernel, {"HAS_SCALE": True, "BLOCK_M": block_m, "BLOCK_N": block_n,
-                    "BLOCK_K": 2 * rank, "stride_col": 1, "K_STEP": min(2 * rank, k_step), "INPUT_PRECISION": precision},
+                    "BLOCK_K": 2 * rank, "stride_col": 1, "K_STEP": min(2 * rank, k_step), "INPUT_PRECISION": precision,
+                    "DOT_IN_FP32": False},
                     warps, pointer_types))  # fmt: skip
     out.append(("lowrank factor grads", lowrank._lowrank_factor_grads_kernel, {"HAS_SCALE": True, "THETA_L_GRAD": True,
                 "THETA_R_GRAD": True, "CAYLEY": True, "BLOCK_ROWS": lowrank.LOWRANK_ROWS, "BLOCK_R": rank, "BLOCK_S": 32},

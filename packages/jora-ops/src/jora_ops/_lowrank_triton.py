@@ -146,7 +146,7 @@ def _lowrank_factors_kernel(
 def _lowrank_fold_kernel(
     w_ptr, folded_ptr, left_ptr, right_ptr, s_ptr, n_out, n_in, stride_row, stride_col,
     HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    K_STEP: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    K_STEP: tl.constexpr, INPUT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr,
 ):  # fmt: skip
     """``folded = s ⊙ W + left rightᵀ`` on a ``[BLOCK_M, BLOCK_N]`` tile (logical ``[n, m]``; any strides); the
     update's ``BLOCK_K`` columns in steps of ``K_STEP``."""
@@ -159,6 +159,8 @@ def _lowrank_fold_kernel(
         k = start + tl.arange(0, K_STEP)[None, :]
         left = tl.load(left_ptr + rows[:, None] * BLOCK_K + k, mask=row_ok[:, None], other=0.0)
         right = tl.load(right_ptr + cols[:, None] * BLOCK_K + k, mask=col_ok[:, None], other=0.0)
+        if DOT_IN_FP32:  # the interpreter multiplies bf16 operands as their raw bits (numpy has no bfloat16)
+            left, right = left.to(tl.float32), right.to(tl.float32)
         update = tl.dot(left, tl.trans(right), acc=update, input_precision=INPUT_PRECISION)
     mask = row_ok[:, None] & col_ok[None, :]
     offsets = rows[:, None].to(tl.int64) * stride_row + cols[None, :].to(tl.int64) * stride_col
@@ -232,7 +234,7 @@ def _fold(
     _lowrank_fold_kernel[(_cdiv(n, block_m), _cdiv(m, block_n))](
         weight, folded, left, right, scale, n, m, m if linear else 1, 1 if linear else n,
         HAS_SCALE=config["mode"] != _NO_SCALE, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, num_warps=warps,
+        K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, DOT_IN_FP32=not weight.is_cuda, num_warps=warps,
     )  # fmt: skip
     return folded
 
