@@ -476,14 +476,15 @@ def test_triton_bf16_matches_the_float64_torch_path(core: str, block_size: int) 
 
 
 @pytest.mark.parametrize("impl", ["torch", "triton"])
-@pytest.mark.parametrize("layout", ["linear", "conv1d", "linear, strided"])
+@pytest.mark.parametrize("layout", ["linear", "conv1d", "linear, strided", "linear, wider weight"])
 @pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 3), ("lowrank", 4)])
 def test_without_a_scale_gradient_the_layer_saves_what_the_frozen_layer_saves(
     impl: str, layout: str, core: str, block_size: int
 ) -> None:
     """Without a magnitude, or with frozen logits, the fused function saves no weight- or activation-sized
-    tensor but ``x`` and the base weight itself, a strided view too (PERFORMANCE.md: nothing beyond the base
-    layer's); its backward folds again, and every gradient equals, bit for bit, the one of a forward that kept
+    tensor but ``x`` and the base weight itself, a strided view or a wider weight too (an fp32 weight with fp16
+    activations, autocast's case: no fp16 copy is kept) (PERFORMANCE.md: nothing beyond the base layer's); its
+    backward folds again, and every gradient equals, bit for bit, the one of a forward that kept
     the folded weight (trainable logits: the output ``y`` and the folded weight are the two more it keeps)."""
     x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(40, 33, 150, 6, core, block_size, 17)
     nu = weight.norm(dim=1).to(DEVICE)
@@ -491,15 +492,18 @@ def test_without_a_scale_gradient_the_layer_saves_what_the_frozen_layer_saves(
         weight = weight.T.contiguous()
     elif layout == "linear, strided":  # a transposed view: saved as it is, never as a contiguous copy
         weight, layout = weight.T.contiguous().T, "linear"
+    dtype = torch.float32
+    if layout == "linear, wider weight":
+        dtype, layout = torch.float16, "linear"
     weight = weight.to(DEVICE)
-    grad = torch.randn(150, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    grad = torch.randn(150, 40, generator=torch.Generator().manual_seed(3)).to(DEVICE, dtype)
     grads = {}
     for case in ("no magnitude", "frozen logits", "trainable logits"):
         params = {
             k: v.to(DEVICE).clone().requires_grad_(k != "logits" or case == "trainable logits")
             for k, v in leaves.items()
         }
-        x_in = x.to(DEVICE).clone().requires_grad_()
+        x_in = x.to(DEVICE, dtype).clone().requires_grad_()
         magnitude = None
         if case != "no magnitude":
             magnitude = Magnitude("oer_softmax", params["logits"], nu, (nu**2).sum(), 0.7)

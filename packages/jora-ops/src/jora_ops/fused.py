@@ -351,11 +351,13 @@ def _fold(
     theta_L: torch.Tensor,
     core_tensors: tuple[torch.Tensor, ...] | list[torch.Tensor],
 ) -> FoldState:
-    """The fold of a folded core (``diag(s)(W + ΔW)`` and its tables) from the autograd function's inputs."""
+    """The fold of a folded core (``diag(s)(W + ΔW)`` and its tables) from the autograd function's inputs, in
+    ``x``'s dtype: a wider weight is folded from a cast copy that lives only as long as the fold (the function
+    saves the weight as given)."""
     params = tuple(core_tensors[: static.n_core_params])
     offset = tuple(core_tensors[static.n_core_params :]) if static.has_offset else None
     return _FOLDED_PATHS[kind][1](
-        x, weight, static.weight_layout, scale, params, offset, static.core, static.pairs_L, theta_L,
+        x, weight.to(x.dtype), static.weight_layout, scale, params, offset, static.core, static.pairs_L, theta_L,
         static.pairs_R, theta_R, static.rotation_param,
     )  # fmt: skip
 
@@ -533,8 +535,6 @@ def jora_linear(
                 magnitude=magnitude, rotation_param=rotation_param, stats_in=stats_in, stats_out=stats_out,
                 on_backward=on_backward, **core_kwargs,
             )  # fmt: skip
-    if weight is not None and weight.dtype != x.dtype:  # the Triton folds read it in its own dtype
-        weight = weight.to(x.dtype)
     static = _Static(
         core=core,
         n_core_params=len(core_params),
