@@ -319,13 +319,13 @@ class _LowRankLinearTriton(torch.autograd.Function):
         theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad, grad_a, grad_b = (
             torch.split_with_sizes(workspace, sizes)
         )
+        grads = (bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad)
         grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         output_side = scale_grad or needs[3] or stats_in is not None or stats_out is not None
         if output_side:
             sums_and_coordinate_grads(
                 config, needs, g, _as_2d(out, n) if out is not None else None, xs, theta_R, theta_L,
-                scale_or_logits, inner_scale, bias,
-                (theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad), (workspace, n_L + n_R), None,
+                scale_or_logits, inner_scale, bias, grads, (workspace, n_L + n_R), None,
             )  # fmt: skip
         elif factors:  # the angle gradients accumulate from zero
             workspace[: n_L + n_R].zero_()
@@ -339,8 +339,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
                 BLOCK_ROWS=LOWRANK_ROWS, BLOCK_R=_next_power_of_2(rank), BLOCK_S=_SLOT_BLOCK,
             )  # fmt: skip
         shared = finish_backward(
-            config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits,
-            (bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad),
+            config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits, grads
         )  # fmt: skip
         return (
             *shared,

@@ -28,8 +28,9 @@ instead of as dozens of small torch ops:
 
 From ``OVERLAP_MIN_ELEMENTS`` tokens × width on (CUDA), the backward's ``∂L/∂x`` matmul runs on a second
 stream beside the token sums (:func:`grad_input_beside`): the compute-bound matmul and the memory-bound sums
-need nothing from each other, and the sums fill the SMs and bandwidth the matmul leaves idle; the streams
-join before the gradients are returned. On sm_90+ the backward's kernels are programmatic dependent launches:
+need nothing from each other; the token sums take the SMs first and the matmul's tiles enter as they drain, so
+the two overlap for the sums' tail (H200 kernel timeline: ``benchmarks/gpu_timeline.py``); the streams join
+before the gradients are returned. On sm_90+ the backward's kernels are programmatic dependent launches:
 the token sums launch as the kernel before them on their stream ends, and the per-coordinate kernel as the
 token sums end; it reads what the forward wrote (scale, rotations, core values) before it waits for them.
 
@@ -1138,8 +1139,8 @@ def grad_input_beside(
     grad_out: torch.Tensor, folded: torch.Tensor, linear: bool, x: torch.Tensor, needed: bool, width: int
 ) -> tuple[torch.Tensor | None, tuple[_SecondStream, torch.cuda.Stream] | None]:
     """:func:`_grad_input` and the fork it runs on: for CUDA problems of ``OVERLAP_MIN_ELEMENTS`` tokens ×
-    ``width`` or more a second stream, forked from the current one, so that the memory-bound token sums the
-    caller launches next run beside this compute-bound matmul (``(second stream, current stream)``); else the
+    ``width`` or more a second stream, forked from the current one, so that this compute-bound matmul overlaps
+    the memory-bound token sums the caller launches next (``(second stream, current stream)``); else the
     current stream (``None``). The caller joins with :func:`join` before it returns the gradient."""
     tokens = grad_out.numel() // grad_out.shape[-1]
     if not (
@@ -1306,13 +1307,14 @@ def sums_and_coordinate_grads(
     core: CoreLaunch | None,
 ) -> None:
     """The backward's token sums and per-coordinate kernel (2-D ``g``, ``out``, ``xs``): into ``grads``, the
-    workspace's ``(θ_L, θ_R, bias, scale, logits)`` gradients, the bias, scale and logits gradients and the
+    workspace's ``(bias, θ_R, θ_L, scale, logits)`` gradients (as :func:`finish_backward` takes them), the bias,
+    scale and logits gradients and the
     statistics, and with ``core`` (the diag/block core; ``None``: the lowrank core, whose factors and angles
     have their own kernel) the core's and the angles' gradients; ``zeroed`` as :func:`_token_sums` takes it."""
     mode, n, m, width = config["mode"], config["n"], config["m"], max(config["n"], config["m"])
     pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
     stats_in, stats_out = config["stats_in"], config["stats_out"]
-    theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad = grads
+    bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad = grads
     if core is None:  # no core parameters here (any pointer will do for the unused ones)
         core = CoreLaunch(0, 0, 1, 1, bias_grad, bias_grad, bias_grad, None, False)
     scale_grad = mode != _NO_SCALE and needs[6]
@@ -1406,16 +1408,16 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         theta_L_grad, theta_R_grad, core_grad, bias_grad, scale_grad_buf, logits_grad = (
             torch.split_with_sizes(workspace, sizes)  # the op itself: Tensor.split's wrapper costs more
         )
+        grads = (bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad)
         grad_x, fork = grad_input_beside(grad_out, folded, linear, x, needs[1], max(n, m))
         blocks, tail = _core_pointers(tuple(core_values))
         sums_and_coordinate_grads(
             config, needs, g, _as_2d(out, n) if out is not None else None, _as_2d(x, m), theta_R, theta_L,
-            scale_or_logits, inner_scale, bias, (theta_L_grad, theta_R_grad, bias_grad, scale_grad_buf, logits_grad),
-            (workspace, n_L + n_R), CoreLaunch(n_diag, full, b, slots, blocks, tail, core_grad, tables, params),
+            scale_or_logits, inner_scale, bias, grads, (workspace, n_L + n_R),
+            CoreLaunch(n_diag, full, b, slots, blocks, tail, core_grad, tables, params),
         )  # fmt: skip
         shared = finish_backward(
-            config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits,
-            (bias_grad, theta_R_grad, theta_L_grad, scale_grad_buf, logits_grad),
+            config, needs, fork, grad_x, bias, theta_R, theta_L, scale_or_logits, grads
         )  # fmt: skip
         return (
             *shared,
