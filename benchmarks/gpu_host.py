@@ -76,7 +76,8 @@ def main() -> int:
                 run()
             torch.cuda.synchronize()
             profile.disable()
-            pstats.Stats(profile).sort_stats("tottime").print_stats(30)
+            pstats.Stats(profile).sort_stats("tottime").print_stats(40)
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(60)
     for name, us in rows.items():
         print(f"{name:40s} {us:8.1f} µs")
     return 0

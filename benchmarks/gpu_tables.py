@@ -9,7 +9,7 @@
 2. The layer table: fwd+bwd time and extra peak memory of every method, as ratios to the frozen layer and
    to LoRA r16, for T ∈ {8192, 32768} and d ∈ {2048, 4096, 8192} (bf16).
 3. The model table: a 1B-parameter Llama config, adapters on q/k/v/o, batch 8 × 1024, AdamW, with the
-   frozen floor measured in the same run.
+   frozen floor measured in the same run (every row resident, timed in interleaved rounds).
 4. ``torch.compile`` through JORA layers (graph breaks counted).
 """
 
@@ -272,24 +272,61 @@ def step_ms(
     return statistics.median(times)
 
 
-def model_table(report: dict) -> None:
-    rows = []
+ModelRow = tuple[torch.nn.Module, "torch.optim.Optimizer | None", torch.Tensor]
+
+
+def model_table(report: dict, rounds: int = 4, steps: int = 8) -> dict[str, ModelRow]:
+    """The model rows, resident together, timed in interleaved rounds; returns them (label -> row).
+
+    Each row is built and warmed up (its peak memory measured over one step, above what was allocated before
+    it was built); then each round times ``steps`` steps of every row after two warm-up steps, in an order
+    rotated per round, so the host's and GPU's drift spreads over all rows. Reported per row: the median of
+    its round medians, and the ratios to the floor and to LoRA r16 paired per round (median and range).
+    """
+    models: dict[str, ModelRow] = {}
+    rows: dict[str, dict] = {}
     for label, peft_config in model_methods().items():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         model, optimizer, ids = build_model(peft_config)
         for _ in range(12):  # JORA sides are full after 4 rounds (S=32, k=8); compiled kernels warm too
             train_step(model, ids, optimizer)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        ms = step_ms(model, ids, optimizer, 10)
-        params = [p for p in model.parameters() if p.requires_grad]
-        rows.append({
-            "method": label, "ms_per_step": ms, "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "trainable": sum(p.numel() for p in params),
-        })  # fmt: skip
-        print("model", rows[-1], flush=True)
-        del model, optimizer, params
-        torch.cuda.empty_cache()
-    report["model"] = rows
+        train_step(model, ids, optimizer)
+        torch.cuda.synchronize()
+        models[label] = (model, optimizer, ids)
+        rows[label] = {
+            "method": label, "peak_gib": (torch.cuda.max_memory_allocated() - before) / 2**30,
+            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad), "round_ms": [],
+        }  # fmt: skip
+    labels = list(models)
+    for index in range(rounds):
+        shift = index % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            model, optimizer, ids = models[label]
+            for _ in range(2):
+                train_step(model, ids, optimizer)
+            rows[label]["round_ms"].append(step_ms(model, ids, optimizer, steps))
+        print(
+            "model round",
+            index,
+            {label: round(rows[label]["round_ms"][-1], 1) for label in labels},
+            flush=True,
+        )
+    floor, lora = rows[labels[0]]["round_ms"], rows[labels[1]]["round_ms"]
+    for row in rows.values():
+        to_floor = [ms / ref for ms, ref in zip(row["round_ms"], floor, strict=True)]
+        to_lora = [ms / ref for ms, ref in zip(row["round_ms"], lora, strict=True)]
+        row |= {
+            "ms_per_step": statistics.median(row["round_ms"]),
+            "x_floor": statistics.median(to_floor), "x_floor_range": (min(to_floor), max(to_floor)),
+            "x_lora": statistics.median(to_lora), "x_lora_range": (min(to_lora), max(to_lora)),
+        }  # fmt: skip
+        print("model", row, flush=True)
+    report["model"] = list(rows.values())
+    report["model_method"] = f"{rounds} interleaved rounds x {steps} steps, median of the round medians"
+    return models
 
 
 def compile_check(report: dict) -> None:
@@ -375,13 +412,20 @@ def markdown(report: dict) -> str:
     if "model" in report:
         lines += [
             "\n## Model: Llama 1B config, q/k/v/o, batch 8 × 1024, bf16, AdamW\n",
-            "| method | ms/step | peak GiB | trainable |",
-            "|---|---|---|---|",
+            f"{report.get('model_method', 'one pass')}; ratios paired per round (median, range).\n",
+            "| method | ms/step | rounds | × floor | × LoRA r16 | peak GiB | trainable |",
+            "|---|---|---|---|---|---|---|",
         ]
-        lines += [
-            f"| {r['method']} | {r['ms_per_step']:.1f} | {r['peak_gib']:.2f} | {r['trainable']:,} |"
-            for r in report["model"]
-        ]
+        for r in report["model"]:
+            rounds = r.get("round_ms") or [r["ms_per_step"]]
+            ratios = [
+                f"{r[key]:.3f} ({r[key + '_range'][0]:.3f}–{r[key + '_range'][1]:.3f})" if key in r else "–"
+                for key in ("x_floor", "x_lora")
+            ]
+            lines.append(
+                f"| {r['method']} | {r['ms_per_step']:.1f} | {min(rounds):.1f}–{max(rounds):.1f} | {ratios[0]} | "
+                f"{ratios[1]} | {r['peak_gib']:.2f} | {r['trainable']:,} |"
+            )
     if "host" in report:
         lines += [
             "\n## Host time per fwd+bwd (T=16, d=4096: launch and Python cost)\n",
@@ -430,7 +474,7 @@ def main() -> int:
     sections = {
         "correctness": correctness,
         "layers": lambda r: layer_table(r, shapes, methods),
-        "model": model_table,
+        "model": lambda r: model_table(r).clear(),  # the resident models are released
         "compile": compile_check,
         "host": host_overhead,
     }

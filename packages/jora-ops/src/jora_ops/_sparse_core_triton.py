@@ -1141,7 +1141,12 @@ def grad_input_beside(
     """:func:`_grad_input` and the fork it runs on: for CUDA problems of ``OVERLAP_MIN_ELEMENTS`` tokens ×
     ``width`` or more a second stream, forked from the current one, so that this compute-bound matmul overlaps
     the memory-bound token sums the caller launches next (``(second stream, current stream)``); else the
-    current stream (``None``). The caller joins with :func:`join` before it returns the gradient."""
+    current stream (``None``). The caller joins with :func:`join` before it returns the gradient.
+
+    The gradient is allocated on the current stream before the fork and written by the second one (``out=``):
+    its memory is reused only by work of the current stream, which comes after the join, so it needs no
+    ``record_stream`` (whose deferred free costs host time at every release); the same holds for ``grad_out``
+    and ``folded``, which the second stream only reads."""
     tokens = grad_out.numel() // grad_out.shape[-1]
     if not (
         needed
@@ -1150,17 +1155,19 @@ def grad_input_beside(
         and tokens * width >= OVERLAP_MIN_ELEMENTS
     ):
         return _grad_input(grad_out, folded, linear, x, needed), None
+    g = grad_out.reshape(tokens, grad_out.shape[-1])
+    weight = folded if linear else folded.T
+    grad_x = torch.empty((tokens, weight.shape[1]), dtype=x.dtype, device=x.device)
     current = torch.cuda.current_stream(grad_out.device)
     second = _second_stream(grad_out.device)
     second.forked.record(current)
     second.stream.wait_event(second.forked)
     torch.cuda.set_stream(second.stream)
     try:
-        grad_x = _grad_input(grad_out, folded, linear, x, True)
+        torch.mm(g, weight, out=grad_x)  # the fold is in x's dtype, and so is g (the output's gradient)
     finally:
         torch.cuda.set_stream(current)
-    grad_x.record_stream(current)  # allocated on the second stream, used on the current one
-    return grad_x, (second, current)
+    return grad_x.view(*grad_out.shape[:-1], weight.shape[1]), (second, current)
 
 
 def join(fork: tuple[_SecondStream, torch.cuda.Stream] | None) -> None:
