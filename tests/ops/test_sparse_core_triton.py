@@ -672,7 +672,7 @@ def test_triton_input_matmul_on_a_second_stream_matches_one_stream(
     gives the one-stream backward's gradients bit for bit, on a user's stream too, through two chained layers
     (the second layer's ``∂L/∂x`` is the first's output gradient, read by its token sums at once: a missing
     join would read it unwritten) and with a bias and the statistics. The second stream writes into memory
-    of the current stream: no ``record_stream`` (its deferred frees held a 1B model's step host-bound)."""
+    of the current stream: no ``record_stream``."""
     x, weight, spec, names, leaves, pairs_L, pairs_R = _random_problem(
         1040, 1040, 2100, 32, core, block_size, 23
     )
