@@ -4,7 +4,8 @@
 
 At T = 16, d = 4096 (bf16) a fwd+bwd is all host time. Timed in interleaved rounds (``gpu_host.per_call_us``,
 median of the rounds): the frozen ``F.linear``, PEFT's LoRA r16 layer, PEFT's JORA-diag+OER layer, its
-``JoraAdapter`` called directly (PEFT's share by difference), the same with the three Triton launches
+``JoraAdapter`` called directly (PEFT's share by difference), the same with its Triton launches through
+``JITFunction.run`` instead of the cached kernels (``_triton_launch.FAST_LAUNCH``), and with the three launches
 stubbed out (their host share by difference; the outputs are then garbage, only the time counts), and a
 20-argument Triton kernel launched through ``JITFunction`` and through its ``CompiledKernel`` runner (what
 the JIT's binding, cache key and checks cost per launch).
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gpu_host import _twenty_args_kernel, per_call_us
-from jora_ops import _sparse_core_triton
+from jora_ops import _sparse_core_triton, _triton_launch
 from layers import build, step_fn
 
 STUBBED_KERNELS = ("_fold_kernel", "_token_sums_kernel", "_coordinate_grads_kernel")
@@ -68,6 +69,13 @@ def main() -> int:
     compiled = _twenty_args_kernel[(1,)](*launch_args)
     runner = compiled[(1, 1, 1)]
 
+    def adapter_jit_launches() -> None:
+        _triton_launch.FAST_LAUNCH = False
+        try:
+            adapter_call()
+        finally:
+            _triton_launch.FAST_LAUNCH = True
+
     def frozen() -> None:
         torch.nn.functional.linear(x, weight).backward(grad)
         x.grad = None
@@ -79,6 +87,7 @@ def main() -> int:
         ),
         "PEFT JORA-diag+OER layer fwd+bwd": step_fn(jora, x, grad),
         "JoraAdapter fwd+bwd": adapter_call,
+        "JoraAdapter fwd+bwd, launches through JITFunction.run": adapter_jit_launches,
         "JoraAdapter fwd+bwd, 3 Triton launches stubbed": adapter_stubbed,
         "Triton launch, 20 args (JITFunction)": lambda: _twenty_args_kernel[(1,)](*launch_args),
         "Triton launch, 20 args (CompiledKernel runner)": lambda: runner(*launch_args),

@@ -1,6 +1,6 @@
 """Does Python's garbage collector hold the model step host-bound? (device tool)
 
-    python benchmarks/gpu_model_gc.py [--rounds 3] [--resident floor,LoRA r16]
+    python benchmarks/gpu_model_gc.py [--rounds 3] [--resident "floor (frozen, input grads);LoRA r16"]
 
 The JORA rows of the model table ran at 103.5 ms per step with only their own model resident and at
 121-141 ms with the other rows' models resident too, while the GPU was busy 99.6 ms of each step. Every
@@ -45,10 +45,10 @@ class CollectorClock:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--resident", default="floor (frozen, input grads),LoRA r16")
+    parser.add_argument("--resident", default="floor (frozen, input grads);LoRA r16")
     args = parser.parse_args()
     methods = model_methods()
-    resident = [build_model(methods[label]) for label in args.resident.split(",") if label]
+    resident = [build_model(methods[label]) for label in args.resident.split(";") if label]
     model, optimizer, ids = build_model(methods[JORA])
     for _ in range(12):
         train_step(model, ids, optimizer)

@@ -1,5 +1,6 @@
 """Run a script or a module with launch knobs of ``jora_ops._sparse_core_triton`` (or the backward's
-``REFOLD_IN_BACKWARD`` of ``jora_ops._fold_common``) overridden (device tool).
+``REFOLD_IN_BACKWARD`` of ``jora_ops._fold_common``, ``FAST_LAUNCH`` of ``jora_ops._triton_launch``) overridden
+(device tool).
 
     python benchmarks/device/with_knobs.py '{"COLUMN_STAGES": 3}' benchmarks/gpu_tables.py --out "$OUT" ...
     python benchmarks/device/with_knobs.py '{"COLUMN_STAGES": 3}' -m pytest -q tests/ops/test_gpu.py
@@ -15,9 +16,9 @@ import json
 import runpy
 import sys
 
-from jora_ops import _fold_common, _sparse_core_triton
+from jora_ops import _fold_common, _sparse_core_triton, _triton_launch
 
-_KNOB_MODULES = (_sparse_core_triton, _fold_common)
+_KNOB_MODULES = (_sparse_core_triton, _fold_common, _triton_launch)
 
 
 def add_ab_arguments(parser: argparse.ArgumentParser) -> None:

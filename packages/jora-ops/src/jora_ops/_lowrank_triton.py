@@ -50,6 +50,7 @@ from jora_ops._sparse_core_triton import (
     launch_config,
     sums_and_coordinate_grads,
 )
+from jora_ops._triton_launch import launch
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
 if TYPE_CHECKING:
@@ -231,7 +232,8 @@ def _fold(
     precision = "ieee" if dtype == torch.float32 else "tf32"
     block_m, block_n, warps, k_step = LOWRANK_FOLD_BLOCKS[precision]
     block_k = left.shape[1]
-    _lowrank_fold_kernel[(_cdiv(n, block_m), _cdiv(m, block_n))](
+    launch(
+        _lowrank_fold_kernel, (_cdiv(n, block_m), _cdiv(m, block_n)),
         weight, folded, left, right, scale, n, m, m if linear else 1, 1 if linear else n,
         HAS_SCALE=config["mode"] != _NO_SCALE, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         K_STEP=min(block_k, k_step), INPUT_PRECISION=precision, DOT_IN_FP32=not weight.is_cuda, num_warps=warps,
@@ -271,7 +273,8 @@ class _LowRankLinearTriton(torch.autograd.Function):
         rotated_b = torch.empty(m, rank, dtype=x.dtype, device=x.device)
         pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
         block_r = _next_power_of_2(rank)
-        _lowrank_factors_kernel[(_cdiv(max(n, m), LOWRANK_ROWS),)](
+        launch(
+        _lowrank_factors_kernel, (_cdiv(max(n, m), LOWRANK_ROWS),),
             factor_a, factor_b, offset[0] if offset is not None else None,
             offset[1] if offset is not None else None, left, right, scaled_a, rotated_b, scale, scale_or_logits,
             scale_or_logits if mode >= _OER else None, config["norms"], config["energy"], config["temperature"],
@@ -332,7 +335,8 @@ class _LowRankLinearTriton(torch.autograd.Function):
         if factors:  # the four skinny token matmuls of a LoRA backward, in the activations' dtype
             product_a = g.T @ _cast(xs @ rotated_b, g.dtype)  # [n, r]
             product_b = xs.T @ _cast(g @ _cast(scaled_a, g.dtype), xs.dtype)  # [m, r]
-            _lowrank_factor_grads_kernel[(_cdiv(max(n, m), LOWRANK_ROWS),)](
+            launch(
+        _lowrank_factor_grads_kernel, (_cdiv(max(n, m), LOWRANK_ROWS),),
                 product_a, product_b, a, b, scale, grad_a, grad_b, pairs_L, theta_L, n_L, pairs_R, theta_R, n_R,
                 theta_L_grad, theta_R_grad, n, m, rank, config["core_scale"],
                 HAS_SCALE=mode != _NO_SCALE, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4], CAYLEY=config["cayley"],

@@ -50,6 +50,7 @@ import triton.language as tl
 
 from jora_ops._dispatch import triton_interpreting
 from jora_ops._fold_common import folded_matmul, kept_for_backward
+from jora_ops._triton_launch import launch
 from jora_ops.triton_kernels import host_cdiv as _cdiv
 
 if TYPE_CHECKING:
@@ -1044,7 +1045,8 @@ def _token_sums(
     bias, norms, eps, scale = row_total if row_total is not None else (None, None, 0.0, None)
     zero_ptr, n_zero = zeroed if zeroed is not None else (partial, 0)  # (a pointer even with nothing to zero)
     pdl = _programmatic_launch(g.device)
-    _token_sums_kernel[(col_blocks + entry_blocks, splits)](
+    launch(
+        _token_sums_kernel, (col_blocks + entry_blocks, splits),
         g, y_or_g, x, partial, split_stride, pairs_L, pairs_L.shape[0], pairs_R, theta_R, pairs_R.shape[0],
         tokens, n, m, n_diag, full, width, g.stride(0), y_or_g.stride(0), x.stride(0), tokens_per_split, col_blocks,
         bias, norms, eps, scale, zero_ptr, n_zero,
@@ -1270,7 +1272,8 @@ def _fold(
     tables = None
     if config["rotation_tables"]:
         tables = torch.empty(8 * max(n, m), dtype=torch.float32, device=weight.device)
-    _fold_kernel[(_cdiv(n, block_rows),)](
+    launch(
+        _fold_kernel, (_cdiv(n, block_rows),),
         weight, folded, scale, scale_or_logits, logits, config["norms"], config["energy"], config["temperature"],
         blocks, tail, offset_blocks, offset_tail, pairs_L, theta_L, pairs_L.shape[0], pairs_R, theta_R,
         pairs_R.shape[0], n, m, config["n_diag"], config["full"], m if linear else 1, 1 if linear else n,
@@ -1335,7 +1338,8 @@ def sums_and_coordinate_grads(
     scale = inner_scale if mode >= _OER else scale_or_logits
     block, coordinate_warps = _coordinate_launch(core.slots)
     pdl = _programmatic_launch(g.device)
-    _coordinate_grads_kernel[(_cdiv(width, block),)](
+    launch(
+        _coordinate_grads_kernel, (_cdiv(width, block),),
         partial, splits, split_stride, width, scale, bias, bias_grad, scale_grad_buf, stats_out, stats_in,
         1.0 / max(g.shape[0], 1), core.blocks, core.tail, core.core_grad, pairs_L, theta_L, pairs_L.shape[0],
         pairs_R, theta_R, pairs_R.shape[0], n, m, core.n_diag, core.full, scale_or_logits, config["norms"],

@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from jora_ops._triton_launch import launch
 from jora_ops.rotation import rotation_cos_sin
 
 __all__ = ["apply_rotations_triton", "host_cdiv"]
@@ -67,7 +68,9 @@ def _rotate(x: torch.Tensor, pairs: torch.Tensor, cos: torch.Tensor, sin: torch.
         idx_j = pairs[:, 1].contiguous().to(torch.int64)
         block_rows, block_pairs = 32, 32
         grid = (host_cdiv(n_rows, block_rows), host_cdiv(n_pairs, block_pairs))
-        _rotate_pairs_kernel[grid](
+        launch(
+            _rotate_pairs_kernel,
+            grid,
             rows,
             out,
             idx_i,
