@@ -274,7 +274,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
         pairs_L, pairs_R = config["pairs_L"], config["pairs_R"]
         block_r = _next_power_of_2(rank)
         launch(
-        _lowrank_factors_kernel, (_cdiv(max(n, m), LOWRANK_ROWS),),
+            _lowrank_factors_kernel, (_cdiv(max(n, m), LOWRANK_ROWS),),
             factor_a, factor_b, offset[0] if offset is not None else None,
             offset[1] if offset is not None else None, left, right, scaled_a, rotated_b, scale, scale_or_logits,
             scale_or_logits if mode >= _OER else None, config["norms"], config["energy"], config["temperature"],
@@ -336,7 +336,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
             product_a = g.T @ _cast(xs @ rotated_b, g.dtype)  # [n, r]
             product_b = xs.T @ _cast(g @ _cast(scaled_a, g.dtype), xs.dtype)  # [m, r]
             launch(
-        _lowrank_factor_grads_kernel, (_cdiv(max(n, m), LOWRANK_ROWS),),
+                _lowrank_factor_grads_kernel, (_cdiv(max(n, m), LOWRANK_ROWS),),
                 product_a, product_b, a, b, scale, grad_a, grad_b, pairs_L, theta_L, n_L, pairs_R, theta_R, n_R,
                 theta_L_grad, theta_R_grad, n, m, rank, config["core_scale"],
                 HAS_SCALE=mode != _NO_SCALE, THETA_L_GRAD=needs[5], THETA_R_GRAD=needs[4], CAYLEY=config["cayley"],

@@ -1147,8 +1147,8 @@ def grad_input_beside(
 
     The gradient is allocated on the current stream before the fork and written by the second one (``out=``):
     its memory is reused only by work of the current stream, which comes after the join, so it needs no
-    ``record_stream`` (whose deferred free costs host time at every release); the same holds for ``grad_out``
-    and ``folded``, which the second stream only reads."""
+    ``record_stream`` (whose free waits on an event recorded at release); the same holds for ``grad_out`` and
+    ``folded``, which the second stream only reads."""
     tokens = grad_out.numel() // grad_out.shape[-1]
     if not (
         needed
