@@ -159,6 +159,80 @@ def test_gradcheck_all_inputs(kind: str, n: int, m: int, layout: str) -> None:
     assert torch.autograd.gradcheck(fn, tuple(leaves))
 
 
+@given(
+    tokens=st.integers(0, 23),
+    n=st.integers(1, 9),
+    m=st.integers(1, 9),
+    chunk_tokens=st.integers(1, 8),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    with_out=st.booleans(),
+    with_x=st.booleans(),
+    stats=st.booleans(),
+    g_sum=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_cpu_token_sums_in_chunks_match_float64_sums(
+    tokens: int, n: int, m: int, chunk_tokens: int, dtype: torch.dtype, with_out: bool, with_x: bool,
+    stats: bool, g_sum: bool, seed: int,
+) -> None:  # fmt: skip
+    """The torch path's token sums on CPU go through chunks of tokens (``CPU_CHUNK_BYTES``; here 1-8 tokens,
+    so several chunks and a ragged last one): every sum equals the float64 sum of the whole tensors."""
+    from jora_ops import _fold_common
+
+    generator = torch.Generator().manual_seed(seed)
+    grad, out = (torch.randn(tokens, n, generator=generator).to(dtype) for _ in range(2))
+    x = torch.randn(tokens, m, generator=generator).to(dtype)
+    n_diag = min(n, m)
+    wide = torch.promote_types(dtype, torch.float32)
+    chunk_bytes = chunk_tokens * wide.itemsize * max(n, m if with_x else 0)
+    original = _fold_common.CPU_CHUNK_BYTES
+    _fold_common.CPU_CHUNK_BYTES = chunk_bytes
+    try:
+        sums = _fold_common.column_sums_torch(
+            grad, out if with_out else None, x if with_x else None, n_diag, stats, g_sum
+        )
+    finally:
+        _fold_common.CPU_CHUNK_BYTES = original
+    g, y, xs = grad.double(), out.double(), x.double()
+    expected = {
+        "g_y": (g * y).sum(0) if with_out else None,
+        "g": g.sum(0) if g_sum else None,
+        "g_x": (g[:, :n_diag] * xs[:, :n_diag]).sum(0) if with_x else None,
+        "g_g": (g * g).sum(0) if stats else None,
+        "x_x": (xs * xs).sum(0) if stats and with_x else None,
+    }
+    for key, want in expected.items():
+        if want is None:
+            assert sums[key] is None, key
+            continue
+        assert sums[key].dtype == wide, key
+        torch.testing.assert_close(sums[key].double(), want, rtol=1e-5, atol=1e-5, msg=key)
+
+
+def test_gradcheck_with_the_cpu_token_sums_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every gradient of the diag core with a bias, a scale and the statistics through token sums of three
+    tokens per chunk (seven tokens: a ragged last chunk) passes gradcheck."""
+    from jora_ops import _fold_common
+
+    monkeypatch.setattr(_fold_common, "CPU_CHUNK_BYTES", 3 * 8 * 7)
+    case = make_case("diag", 7, 6, seed=11)
+    x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    leaves = [x, case.bias, case.theta_L, case.theta_R, case.scale, *case.params]
+    for leaf in leaves:
+        leaf.requires_grad_(True)
+
+    def fn(x, bias, theta_L, theta_R, scale, *params):
+        kwargs = case.kwargs() | {
+            "theta_L": theta_L,
+            "theta_R": theta_R,
+            "scale": scale,
+            "core_params": params,
+        }
+        return jora_linear(x, case.weight, bias, stats_in=torch.zeros(6), stats_out=torch.zeros(7), **kwargs)
+
+    assert torch.autograd.gradcheck(fn, tuple(leaves))
+
+
 def test_gradcheck_through_base_output_and_no_weight_gradient() -> None:
     case = make_case("diag", 6, 5, seed=1)
     weight = case.weight.clone().requires_grad_(True)

@@ -192,7 +192,9 @@ def _param_grads(
     gather_cols = torch.cat([cols_2.flatten(), cols_3.flatten(), cols_4.flatten()]).clamp(max=m - 1)
     valid = torch.cat([valid_2.flatten(), valid_34.flatten(), valid_34.flatten()])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    sums = token_sums(gather_columns(g, safe_rows) * s[safe_rows], gather_columns(xs, gather_cols))
+    sums = (
+        token_sums(gather_columns(g, safe_rows), gather_columns(xs, gather_cols)) * s[safe_rows]
+    )  # s after Σ_t
     flat = torch.cat([(rows_2 * b + slots_2).flatten(), (rows_34 * b + slots_34).flatten()])
     flat = torch.cat([flat, (rows_34 * b + slots_34).flatten()])
     group = torch.cat(

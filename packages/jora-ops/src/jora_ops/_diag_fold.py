@@ -134,9 +134,9 @@ def _param_grads(
     cols = torch.cat([partner_R[rows_R], q_L, partner_R[q_L]]).clamp(max=m - 1)
     valid = torch.cat([rows_R < d, q_L < d, q_L < d])
     safe_rows = torch.where(valid, rows, 0).clamp(max=n - 1)
-    touched = token_sums(
-        gather_columns(g_raw, safe_rows).to(dtype) * s[safe_rows], gather_columns(x_raw, cols).to(dtype)
-    )
+    # Σ_t (g ⊙ s)_row x_col = s_row Σ_t g_row x_col: the scale after the sum, not over the gathered tokens
+    touched = token_sums(gather_columns(g_raw, safe_rows).to(dtype), gather_columns(x_raw, cols).to(dtype))
+    touched = touched * s[safe_rows]
     group = torch.cat([torch.full_like(rows_R, 0), torch.full_like(rows_L, 1), torch.full_like(rows_L, 2)])
     upstream = torch.zeros(3, n + 1, dtype=dtype, device=x_raw.device)
     upstream = upstream.index_put((group, torch.where(valid, rows, n)), touched)  # masked rows: scratch slot

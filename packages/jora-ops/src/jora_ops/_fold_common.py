@@ -113,7 +113,8 @@ def fold_entries(
 ) -> torch.Tensor:
     """``diag(s)(W + ΔW)`` in ``weight``'s layout and dtype from ``ΔW``'s COO entries (logical ``[n, m]``).
 
-    One pass over ``W`` plus a scatter-add of the entries; duplicate positions accumulate.
+    One pass over ``W`` plus a scatter-add of the entries into it (in place: the pass's output is fresh);
+    duplicate positions accumulate.
     """
     if scale is None:
         folded = weight.clone()
@@ -122,7 +123,7 @@ def fold_entries(
         folded = weight * (s[:, None] if layout == "linear" else s[None, :])
         values = values * scale.to(values.dtype)[rows]
     index = (rows, cols) if layout == "linear" else (cols, rows)
-    return folded.index_put(index, values.to(weight.dtype), accumulate=True)
+    return folded.index_put_(index, values.to(weight.dtype), accumulate=True)
 
 
 def folded_input_grad(
@@ -140,6 +141,10 @@ def folded_matmul(
         return torch.nn.functional.linear(x, folded, bias)
     out = x @ folded
     return out + bias if bias is not None else out
+
+
+# CPU token sums (:func:`column_sums_torch`): tokens per chunk so that each input's chunk is about this size
+CPU_CHUNK_BYTES = 1 << 21
 
 
 def token_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -160,17 +165,42 @@ def column_sums_torch(
     stats: bool,
     g_sum: bool = True,
 ) -> dict[str, torch.Tensor | None]:
-    """Torch reference of :func:`jora_ops._sparse_core_triton.column_sums_triton` (same keys, at least fp32)."""
+    """Torch reference of :func:`jora_ops._sparse_core_triton.column_sums_triton` (same keys, at least fp32).
+
+    On CUDA each sum is one op over the whole tensors. On CPU the tokens go in chunks of about
+    :data:`CPU_CHUNK_BYTES` per input, every sum of a chunk taken while it is in cache, through one reused
+    product buffer (a whole-tensor ``vecdot`` writes and reads back an activation-sized product per sum; 2-core
+    CPU, T = 2048, d = 1024 fp32, in one process: the token sums of a JORA-diag+OER backward 5.1 → 2.7 ms, of
+    JORA-diag 2.7 → 1.5 ms)."""
     compute_dtype = torch.promote_types(grad.dtype, torch.float32)
-    g = grad.to(compute_dtype)
-    xs = x.to(compute_dtype) if x is not None else None
-    return {
-        "g_y": token_sums(g, out.to(compute_dtype)) if out is not None else None,
-        "g": g.sum(0) if g_sum else None,
-        "g_x": token_sums(g[:, :n_diag], xs[:, :n_diag]) if xs is not None else None,
-        "g_g": token_sums(g, g) if stats else None,
-        "x_x": token_sums(xs, xs) if stats and xs is not None else None,
-    }
+    tokens, n = grad.shape
+    width = max(n, x.shape[1] if x is not None else 0)
+    step = max(tokens, 1) if grad.is_cuda else max(1, CPU_CHUNK_BYTES // (compute_dtype.itemsize * width))
+    sums: dict[str, torch.Tensor | None] = dict.fromkeys(("g_y", "g", "g_x", "g_g", "x_x"))
+    products = torch.empty(min(step, tokens) * width, dtype=compute_dtype, device=grad.device)
+
+    def add(key: str, value: torch.Tensor) -> None:
+        total = sums[key]
+        sums[key] = value if total is None else total.add_(value)
+
+    def product_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``Σ_t a ⊙ b`` through the reused buffer (a contiguous view of its first ``a.numel()`` values)."""
+        return torch.mul(a, b, out=products[: a.numel()].view(a.shape)).sum(0)
+
+    for first in range(0, max(tokens, 1), step):
+        g = grad[first : first + step].to(compute_dtype)
+        xs = x[first : first + step].to(compute_dtype) if x is not None else None
+        if out is not None:
+            add("g_y", product_sum(g, out[first : first + step].to(compute_dtype)))
+        if g_sum:
+            add("g", g.sum(0))
+        if xs is not None:
+            add("g_x", product_sum(g[:, :n_diag], xs[:, :n_diag]))
+        if stats:
+            add("g_g", product_sum(g, g))
+            if xs is not None:
+                add("x_x", product_sum(xs, xs))
+    return sums
 
 
 def theta_grad(
