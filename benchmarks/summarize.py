@@ -13,7 +13,8 @@ from pathlib import Path
 
 def main(path: str) -> str:
     data = json.loads(Path(path).read_text())
-    rows = {b["param"]: b for b in data["benchmarks"]}
+    rows = {b["param"]: b for b in data["benchmarks"] if b["param"]}
+    paired = [b for b in data["benchmarks"] if not b["param"]]
     frozen = rows["frozen"]["stats"]["median"]
     lora = rows["lora_r16"]["stats"]["median"]
     machine = data.get("machine_info", {})
@@ -32,6 +33,9 @@ def main(path: str) -> str:
             f"| {name} | {bench['extra_info'].get('trainable', 0):,} | {median * 1e3:.2f} | "
             f"{median / frozen:.2f} | {median / lora:.2f} |"
         )
+    for bench in paired:
+        lines += ["", f"{bench['group']} (one process, interleaved, after a warm-up):"]
+        lines += [f"- {key}: {value}" for key, value in bench["extra_info"].items()]
     return "\n".join(lines)
 
 
