@@ -136,12 +136,8 @@ def test_matches_dense_reference(
     assert rel_error(delta, expected_delta) < 1e-10
 
 
-@pytest.mark.parametrize("kind", ["diag", "block", "lowrank"])
-@pytest.mark.parametrize(("n", "m"), [(7, 5), (4, 9), (6, 6)])
-@pytest.mark.parametrize("layout", ["linear", "conv1d"])
-def test_gradcheck_all_inputs(kind: str, n: int, m: int, layout: str) -> None:
-    case = make_case(kind, n, m, seed=n * 100 + m)
-    x = torch.randn(2, 3, m, dtype=torch.float64, requires_grad=True)
+def _gradcheck(case: Case, x: torch.Tensor, layout: str = "linear", **extra: object) -> bool:
+    """gradcheck of ``jora_linear`` in every differentiable input of ``case`` (``extra``: more keywords)."""
     weight = case.weight if layout == "linear" else case.weight.T.contiguous()
     leaves = [x, case.bias, case.theta_L, case.theta_R, case.scale, *case.params]
     for leaf in leaves:
@@ -154,9 +150,17 @@ def test_gradcheck_all_inputs(kind: str, n: int, m: int, layout: str) -> None:
             "scale": scale,
             "core_params": params,
         }
-        return jora_linear(x, weight, bias, weight_layout=layout, **kwargs)
+        return jora_linear(x, weight, bias, weight_layout=layout, **kwargs, **extra)
 
-    assert torch.autograd.gradcheck(fn, tuple(leaves))
+    return torch.autograd.gradcheck(fn, tuple(leaves))
+
+
+@pytest.mark.parametrize("kind", ["diag", "block", "lowrank"])
+@pytest.mark.parametrize(("n", "m"), [(7, 5), (4, 9), (6, 6)])
+@pytest.mark.parametrize("layout", ["linear", "conv1d"])
+def test_gradcheck_all_inputs(kind: str, n: int, m: int, layout: str) -> None:
+    case = make_case(kind, n, m, seed=n * 100 + m)
+    assert _gradcheck(case, torch.randn(2, 3, m, dtype=torch.float64), layout)
 
 
 @given(
@@ -216,21 +220,9 @@ def test_gradcheck_with_the_cpu_token_sums_in_chunks(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(_fold_common, "CPU_CHUNK_BYTES", 3 * 8 * 7)
     case = make_case("diag", 7, 6, seed=11)
-    x = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
-    leaves = [x, case.bias, case.theta_L, case.theta_R, case.scale, *case.params]
-    for leaf in leaves:
-        leaf.requires_grad_(True)
-
-    def fn(x, bias, theta_L, theta_R, scale, *params):
-        kwargs = case.kwargs() | {
-            "theta_L": theta_L,
-            "theta_R": theta_R,
-            "scale": scale,
-            "core_params": params,
-        }
-        return jora_linear(x, case.weight, bias, stats_in=torch.zeros(6), stats_out=torch.zeros(7), **kwargs)
-
-    assert torch.autograd.gradcheck(fn, tuple(leaves))
+    assert _gradcheck(
+        case, torch.randn(7, 6, dtype=torch.float64), stats_in=torch.zeros(6), stats_out=torch.zeros(7)
+    )
 
 
 def test_gradcheck_through_base_output_and_no_weight_gradient() -> None:
