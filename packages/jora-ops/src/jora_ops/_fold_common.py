@@ -177,7 +177,8 @@ def column_sums_torch(
     width = max(n, x.shape[1] if x is not None else 0)
     step = max(tokens, 1) if grad.is_cuda else max(1, CPU_CHUNK_BYTES // (compute_dtype.itemsize * width))
     sums: dict[str, torch.Tensor | None] = dict.fromkeys(("g_y", "g", "g_x", "g_g", "x_x"))
-    products = torch.empty(min(step, tokens) * width, dtype=compute_dtype, device=grad.device)
+    # the reused product buffer, allocated at the first product sum (Σg alone needs none)
+    products: torch.Tensor | None = None
 
     def add(key: str, value: torch.Tensor) -> None:
         total = sums[key]
@@ -185,6 +186,9 @@ def column_sums_torch(
 
     def product_sum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``Σ_t a ⊙ b`` through the reused buffer (a contiguous view of its first ``a.numel()`` values)."""
+        nonlocal products
+        if products is None:
+            products = torch.empty(min(step, tokens) * width, dtype=compute_dtype, device=grad.device)
         return torch.mul(a, b, out=products[: a.numel()].view(a.shape)).sum(0)
 
     for first in range(0, max(tokens, 1), step):
