@@ -35,7 +35,7 @@ from gpu_host import per_call_us
 from layers import BUILDERS, build, step_fn, trainable
 
 LAYER_METHODS = [
-    "frozen", "lora_r16", "dora_r16", "ia3", "road", "oft_b32", "jora_diag_oer", "jora_diag", "jora_block_oer",
+    "frozen", "lora_r16", "lora_r16_activation_dtype", "dora_r16", "ia3", "road", "oft_b32", "jora_diag_oer", "jora_diag", "jora_block_oer",
     "jora_block", "jora_lowrank_oer", "jora_lowrank", "torch_jora_diag_oer",
 ]  # fmt: skip
 

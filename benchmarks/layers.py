@@ -80,6 +80,7 @@ def _jora(base: nn.Linear, core: str, magnitude: str) -> nn.Module:
 BUILDERS: dict[str, Callable[[nn.Linear], nn.Module]] = {
     "frozen": Frozen,
     "lora_r16": lambda b: _peft(b, LoraConfig(target_modules=["0"], r=16, lora_alpha=16)),
+    "lora_r16_activation_dtype": lambda b: _peft(b, LoraConfig(target_modules=["0"], r=16, lora_alpha=16)),
     "dora_r16": lambda b: _peft(b, LoraConfig(target_modules=["0"], r=16, lora_alpha=16, use_dora=True)),
     "ia3": lambda b: _peft(b, IA3Config(target_modules=["0"], feedforward_modules=[])),
     "road": lambda b: _peft(b, RoadConfig(target_modules=["0"], variant="road_1")),
@@ -93,6 +94,9 @@ BUILDERS: dict[str, Callable[[nn.Linear], nn.Module]] = {
     "torch_jora_diag_oer": lambda b: StraightforwardJoraDiag(b, magnitude=True),
     "torch_jora_diag": lambda b: StraightforwardJoraDiag(b, magnitude=False),
 }
+# methods whose adapter weights take the activation dtype too (the others keep fp32 adapters, as PEFT gives a
+# bf16 model by default: LoRA then computes in fp32, on an fp32 copy of its input)
+ADAPTERS_IN_ACTIVATION_DTYPE = {"lora_r16_activation_dtype"}
 
 
 def build(method: str, d_in: int, d_out: int, *, dtype: torch.dtype, device: str, seed: int = 0) -> nn.Module:
@@ -101,7 +105,7 @@ def build(method: str, d_in: int, d_out: int, *, dtype: torch.dtype, device: str
     base = nn.Linear(d_in, d_out, bias=False)
     layer = BUILDERS[method](base).to(device=device)
     for param in layer.parameters():
-        if not param.requires_grad:
+        if not param.requires_grad or method in ADAPTERS_IN_ACTIVATION_DTYPE:
             param.data = param.data.to(dtype)  # frozen weights in the activation dtype, adapters stay fp32
     return layer.train()
 
