@@ -77,10 +77,14 @@ def _jora(base: nn.Linear, core: str, magnitude: str) -> nn.Module:
     return _peft(base, config)
 
 
+def _lora_r16(base: nn.Linear) -> nn.Module:
+    return _peft(base, LoraConfig(target_modules=["0"], r=16, lora_alpha=16))
+
+
 BUILDERS: dict[str, Callable[[nn.Linear], nn.Module]] = {
     "frozen": Frozen,
-    "lora_r16": lambda b: _peft(b, LoraConfig(target_modules=["0"], r=16, lora_alpha=16)),
-    "lora_r16_activation_dtype": lambda b: _peft(b, LoraConfig(target_modules=["0"], r=16, lora_alpha=16)),
+    "lora_r16": _lora_r16,
+    "lora_r16_activation_dtype": _lora_r16,  # its adapter weights cast in build (ADAPTERS_IN_ACTIVATION_DTYPE)
     "dora_r16": lambda b: _peft(b, LoraConfig(target_modules=["0"], r=16, lora_alpha=16, use_dora=True)),
     "ia3": lambda b: _peft(b, IA3Config(target_modules=["0"], feedforward_modules=[])),
     "road": lambda b: _peft(b, RoadConfig(target_modules=["0"], variant="road_1")),
@@ -106,7 +110,8 @@ def build(method: str, d_in: int, d_out: int, *, dtype: torch.dtype, device: str
     layer = BUILDERS[method](base).to(device=device)
     for param in layer.parameters():
         if not param.requires_grad or method in ADAPTERS_IN_ACTIVATION_DTYPE:
-            param.data = param.data.to(dtype)  # frozen weights in the activation dtype, adapters stay fp32
+            param.data = param.data.to(dtype)  # frozen weights in the activation dtype; adapters fp32 but for
+            # ADAPTERS_IN_ACTIVATION_DTYPE
     return layer.train()
 
 
