@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from jora_ops import CoreSpec, _dispatch, jora_delta, jora_linear
 from jora_ops.cores import core_param_shapes
-from jora_reference import adapted_weight, dense_core, dense_rotation, rel_error
+from jora_reference import adapted_weight, dense_core, dense_rotation, oer_scale, rel_error
 
 
 @dataclass
@@ -517,3 +517,81 @@ def test_inner_magnitude_matches_an_explicit_scale_and_passes_gradcheck(kind: st
             x, case.weight, scale=torch.ones(7, dtype=torch.float64),
             magnitude=Magnitude(kind, logits, nu, 1.0, 1.0), **{k: v for k, v in case.kwargs().items() if k != "scale"},
         )  # fmt: skip
+
+
+def _impl_param(impl: str) -> object:
+    """``impl`` as a pytest parameter; the Triton one is skipped (with its reason) where it cannot run."""
+    return pytest.param(impl, marks=needs_triton_backend) if impl == "triton" else impl
+
+
+@pytest.mark.parametrize("impl", [_impl_param("torch"), _impl_param("triton")])
+@pytest.mark.parametrize("core_kind", ["diag", "block", "lowrank"])
+def test_a_magnitude_row_whose_scale_underflows_to_zero_leaves_every_gradient_exact(
+    impl: str, core_kind: str
+) -> None:
+    """OER with one logit far below the rest: that row's fp32 scale is exactly 0 (in float64 ≈ 1e-87). The
+    logits' gradient comes from ``Σ_t g ⊙ (y − b) = s ⊙ ∂L/∂s``, never from ``∂L/∂s`` itself (``0/0`` on that
+    row, which the softmax's sum would spread to every logit): every gradient is finite and matches the
+    float64 torch path (gradchecked above, where no scale underflows), the logits' and the input's also the
+    float64 dense reference."""
+    from jora_ops import Magnitude, compute_scale
+
+    n, m, temperature, eps = 9, 7, 0.5, 1e-8
+    case = make_case(core_kind, n, m, seed=5, dtype=torch.float32, with_scale=False)
+    device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(n, generator=gen)
+    logits[4] = -200.0  # w/T = -400: its softmax weight exp(-400) underflows in fp32
+    nu = case.weight.norm(dim=1)
+    assert compute_scale("oer_softmax", nu, (nu**2).sum(), logits, temperature, eps)[4] == 0.0
+    x, grad = torch.randn(3, 5, m, generator=gen), torch.randn(3, 5, n, generator=gen)
+    leaves = {"x": x, "logits": logits, "theta_L": case.theta_L, "theta_R": case.theta_R, "bias": case.bias}
+    leaves |= {f"core{i}": p for i, p in enumerate(case.params)}
+
+    def gradients(dtype: torch.dtype, device: str, impl: str) -> dict[str, torch.Tensor]:
+        t = {k: v.to(device, dtype).clone().requires_grad_() for k, v in leaves.items()}
+        nu_t = nu.to(device, dtype)
+        out = jora_linear(
+            t["x"], case.weight.to(device, dtype), t["bias"], core=case.spec,
+            core_params=tuple(t[f"core{i}"] for i in range(len(case.params))),
+            core_offset=tuple(o.to(device, dtype) for o in case.offset), pairs_L=case.pairs_L.to(device),
+            theta_L=t["theta_L"], pairs_R=case.pairs_R.to(device), theta_R=t["theta_R"],
+            magnitude=Magnitude("oer_softmax", t["logits"], nu_t, (nu_t**2).sum(), temperature, eps), impl=impl,
+        )  # fmt: skip
+        out.backward(grad.to(device, dtype))
+        return {k: v.grad.cpu() for k, v in t.items()}
+
+    ours = gradients(torch.float32, device, impl)
+    expected = gradients(torch.float64, "cpu", "torch")
+    for key, value in ours.items():
+        assert torch.isfinite(value).all(), key
+        assert rel_error(value, expected[key]) < 1e-5, key
+    dense = {k: leaves[k].double().requires_grad_() for k in ("x", "logits")}
+    reference = Case(
+        case.spec, tuple(p.double() for p in case.params), tuple(o.double() for o in case.offset), case.pairs_L,
+        case.theta_L.double(), case.pairs_R, case.theta_R.double(), case.weight.double(), case.bias.double(),
+        oer_scale(nu, dense["logits"], temperature, eps), case.rotation_param,
+    )  # fmt: skip
+    reference.reference(dense["x"]).backward(grad.double())
+    for key, leaf in dense.items():
+        assert rel_error(ours[key], leaf.grad) < 1e-5, key
+
+
+def test_a_given_scale_with_an_exact_zero_has_no_finite_gradient_there_and_exact_ones_elsewhere() -> None:
+    """The documented limit of a given ``scale``: its gradient comes from the kept output as
+    ``Σ_t g ⊙ (y − b) / s``, not finite exactly where ``s`` is 0 (a rounding residue, or 0, over 0); every
+    other entry and the input's gradient match the float64 dense reference."""
+    case = make_case("diag", 6, 5, seed=8)
+    scale = case.scale.clone()
+    scale[2] = 0.0
+    case.scale = scale.requires_grad_()
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(4, 6, dtype=torch.float64)
+    jora_linear(x, case.weight, case.bias, impl="torch", **case.kwargs()).backward(grad)
+    ours_scale, ours_x = case.scale.grad, x.grad
+    case.scale.grad, x.grad = None, None
+    case.reference(x).backward(grad)
+    assert not torch.isfinite(ours_scale[2]) and torch.isfinite(ours_scale[[0, 1, 3, 4, 5]]).all()
+    keep = torch.arange(6) != 2
+    torch.testing.assert_close(ours_scale[keep], case.scale.grad[keep], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ours_x, x.grad, rtol=1e-10, atol=1e-12)

@@ -7,7 +7,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jora_ops import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
+from jora_ops import (
+    compute_ecd_scale,
+    compute_oer_scale_softmax,
+    linear_temperature_anneal,
+    logits_grad_from_weighted,
+    scale_vjp,
+)
 from jora_reference import ecd_scale, oer_scale, rel_error
 
 EPS = 1e-6
@@ -65,6 +71,38 @@ def test_scales_are_differentiable_in_the_logits() -> None:
     energy = (nu**2).sum()
     assert torch.autograd.gradcheck(lambda w: compute_oer_scale_softmax(nu, energy, w, 0.7), (w,))
     assert torch.autograd.gradcheck(lambda w: compute_ecd_scale(nu, energy, w, 0.4, 1.3), (w,))
+
+
+@given(
+    case=norms_and_logits(),
+    kind=st.sampled_from(["oer_softmax", "ecd_tanh"]),
+    temperature=st.floats(0.05, 10),
+    alpha=st.floats(0, 0.99),
+    seed=st.integers(0, 2**31),
+)
+def test_closed_form_logits_gradient_matches_autograd_of_the_float64_reference(
+    case, kind: str, temperature: float, alpha: float, seed: int
+) -> None:
+    """``scale_vjp`` (from ``∂L/∂s``) and ``logits_grad_from_weighted`` (from ``s ⊙ ∂L/∂s``) against autograd
+    through the float64 reference scales, excluded rows included (their gradient is 0)."""
+    nu, logits = (t.double() for t in case)
+    grad_scale = torch.randn(nu.shape[0], generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    w = logits.clone().requires_grad_()
+    s = (
+        oer_scale(nu, w, temperature, EPS)
+        if kind == "oer_softmax"
+        else ecd_scale(nu, w, alpha, temperature, EPS)
+    )
+    (expected,) = torch.autograd.grad(s, w, grad_scale)
+    s = s.detach()
+    args = (nu, (nu**2).sum(), logits, temperature, EPS, alpha)
+    from_grad = scale_vjp(kind, s, grad_scale, *args)
+    from_weighted = logits_grad_from_weighted(kind, s, grad_scale * s, *args)
+    scale_of_terms = (grad_scale.abs() * s).sum() / temperature + 1e-300  # the size before cancellation
+    for got in (from_grad, from_weighted):
+        assert got.dtype == torch.float64
+        assert (got - expected).abs().max() <= 1e-12 * scale_of_terms
+        assert torch.all(got[nu <= EPS] == 0)
 
 
 def test_bad_arguments_raise_named_errors() -> None:

@@ -13,6 +13,7 @@ from jora_ops.magnitude import (
     compute_oer_scale_softmax,
     compute_scale,
     linear_temperature_anneal,
+    logits_grad_from_weighted,
     scale_vjp,
 )
 from jora_ops.rotation import (
@@ -53,6 +54,7 @@ __all__ = [
     "jora_delta",
     "jora_linear",
     "linear_temperature_anneal",
+    "logits_grad_from_weighted",
     "rotation_cos_sin",
     "rotation_matrix",
     "scale_vjp",

@@ -255,11 +255,12 @@ def block_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients of ``y = x (block_fold(…).folded)ᵀ + b`` for ``bias``, ``scale``, ``blocks``, ``tail`` and the
-    angles, and the selection statistics (``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``)."""
+    """Gradients of ``y = x (block_fold(…).folded)ᵀ + b`` for ``bias``, ``scale`` (as ``s ⊙ ∂L/∂s``),
+    ``blocks``, ``tail`` and the angles, and the selection statistics (``∂L/∂x`` comes from the folded
+    weight, in ``jora_ops.fused``)."""
     n, m = grad_out.shape[-1], x.shape[-1]
     grads: dict[str, torch.Tensor | None] = dict.fromkeys(
-        ("bias", "scale", "blocks", "tail", "theta_L", "theta_R")
+        ("bias", "scale_weighted", "blocks", "tail", "theta_L", "theta_R")
     )
     output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
     if needs["blocks"] or needs["tail"] or needs["theta_L"] or needs["theta_R"]:

@@ -183,8 +183,8 @@ def diag_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients of ``y = x (diag_fold(…).folded)ᵀ + b`` for ``bias``, ``scale``, ``diag``, ``theta_L`` and
-    ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²`` added to the buffers);
+    """Gradients of ``y = x (diag_fold(…).folded)ᵀ + b`` for ``bias``, ``scale`` (as ``s ⊙ ∂L/∂s``),
+    ``diag``, ``theta_L`` and ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²`` added to the buffers);
     ``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``.
 
     All full-size token sums come from one pass over ``g``, ``y`` and ``x`` (a Triton kernel with
@@ -192,7 +192,9 @@ def diag_fold_backward(
     """
     n, m = grad_out.shape[-1], x.shape[-1]
     d = min(n, m)
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(("bias", "scale", "diag", "theta_L", "theta_R"))
+    grads: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("bias", "scale_weighted", "diag", "theta_L", "theta_R")
+    )
 
     g_raw, x_raw = grad_out.reshape(-1, n), x.reshape(-1, m)
     params_wanted = needs["diag"] or needs["theta_L"] or needs["theta_R"]

@@ -245,16 +245,17 @@ def output_side_grads(
     use_triton: bool,
     n_diag: int,
 ) -> dict[str, torch.Tensor | None]:
-    """One pass of token sums over ``g``, ``y`` and ``x``: fills ``grads["bias"]`` and ``grads["scale"]``
-    (``Σ_t g⊙h`` with ``h = (y − b)/s``), adds the statistics to their buffers, and returns the sums
-    (``g_x`` over the first ``n_diag`` columns for the diag core)."""
+    """One pass of token sums over ``g``, ``y`` and ``x``: fills ``grads["bias"]`` and
+    ``grads["scale_weighted"]`` (``s ⊙ ∂L/∂s = Σ_t g ⊙ (y − b)``: the fused function turns it into the
+    magnitude logits' gradient without dividing by ``s``, or into ``∂L/∂s``), adds the statistics to their
+    buffers, and returns the sums (``g_x`` over the first ``n_diag`` columns for the diag core)."""
     n, m = grad_out.shape[-1], x.shape[-1]
     g_raw = grad_out.reshape(-1, n)
     stats = stats_in is not None or stats_out is not None
     need_y = scale is not None and needs["scale"]
     y_raw = out.reshape(-1, n) if need_y and out is not None else None
     x_raw = x.reshape(-1, m) if n_diag or stats else None
-    g_sum = needs["bias"] or (need_y and bias is not None)  # Σg: ∂L/∂b, and ∂L/∂s = Σ g (y − b) / s
+    g_sum = needs["bias"] or (need_y and bias is not None)  # Σg: ∂L/∂b, and s ⊙ ∂L/∂s = Σ g (y − b)
     if use_triton:
         from jora_ops._sparse_core_triton import column_sums_triton
 
@@ -272,5 +273,5 @@ def output_side_grads(
         weighted = sums["g_y"]
         if bias is not None:
             weighted = weighted - bias.to(weighted.dtype) * sums["g"]
-        grads["scale"] = (weighted / scale).to(scale.dtype)
+        grads["scale_weighted"] = weighted
     return sums

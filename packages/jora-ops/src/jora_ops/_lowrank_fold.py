@@ -173,9 +173,12 @@ def lowrank_fold_backward(
     stats_out: torch.Tensor | None = None,
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
-    """Gradients of ``y = x (lowrank_fold(…).folded)ᵀ + b`` for ``bias``, ``scale``, ``A``, ``B`` and the angles,
-    and the selection statistics (``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``)."""
-    grads: dict[str, torch.Tensor | None] = dict.fromkeys(("bias", "scale", "A", "B", "theta_L", "theta_R"))
+    """Gradients of ``y = x (lowrank_fold(…).folded)ᵀ + b`` for ``bias``, ``scale`` (as ``s ⊙ ∂L/∂s``),
+    ``A``, ``B`` and the angles, and the selection statistics (``∂L/∂x`` comes from the folded weight, in
+    ``jora_ops.fused``)."""
+    grads: dict[str, torch.Tensor | None] = dict.fromkeys(
+        ("bias", "scale_weighted", "A", "B", "theta_L", "theta_R")
+    )
     output_side_grads(grads, grad_out, x, out, bias, scale, needs, stats_in, stats_out, use_triton, 0)
     wanted = [key for key in ("A", "B", "theta_L", "theta_R") if needs[key]]
     if not wanted:

@@ -817,12 +817,13 @@ def _coordinate_grads_kernel(
         g_sum = k.to(tl.float32) * 0.0
     if BIAS_GRAD:
         tl.store(bias_grad_ptr + k, g_sum, mask=out_ok)
-    if SCALE_GRAD:  # Σ_t g ⊙ h with h = (y − b)/s
+    if SCALE_GRAD:  # weighted = s ⊙ ∂L/∂s = Σ_t g ⊙ (y − b)
         weighted = _split_sum(partial_ptr, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
         if HAS_BIAS:
             weighted -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * g_sum
-        tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
-        if LOGITS_GRAD:
+        if not LOGITS_GRAD:  # a given scale: ∂L/∂s (NaN where s is exactly 0: y lost those rows)
+            tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
+        else:  # the logits' gradient from weighted itself: an s underflowed to 0 gives a zero share
             _logits_grads(
                 k, out_ok, weighted, s, partial_ptr + n_splits * split_stride, n_splits, scale_ptr + n_out,
                 logits_ptr, norms_ptr, temp_ptr, logits_grad_ptr, eps, alpha, MODE, BLOCK_SPLITS,
@@ -1329,7 +1330,7 @@ def sums_and_coordinate_grads(
         core = CoreLaunch(0, 0, 1, 1, bias_grad, bias_grad, bias_grad, None, False)
     scale_grad = mode != _NO_SCALE and needs[6]
     logits_grads = scale_grad and mode >= _OER
-    g_sum = needs[3] or (scale_grad and bias is not None)  # Σg: for ∂L/∂b, and for ∂L/∂s = Σ g (y − b) / s
+    g_sum = needs[3] or (scale_grad and bias is not None)  # Σg: for ∂L/∂b, and for Σ g (y − b)
     partial, splits, split_stride = _token_sums(
         g, out, xs, pairs_L, pairs_R, theta_R, core.n_diag, core.full, core.block_size, core.params,
         stats_out is not None, stats_in is not None, g_sum,

@@ -47,7 +47,7 @@ from jora_ops._fold_common import (
 )
 from jora_ops._lowrank_fold import lowrank_fold, lowrank_fold_backward
 from jora_ops.cores import CoreSpec, check_core_params, core_apply
-from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, scale_vjp
+from jora_ops.magnitude import MAGNITUDE_KINDS, compute_scale, logits_grad_from_weighted
 from jora_ops.rotation import apply_rotations_reference, check_rotation_param, rotation_cos_sin
 
 WEIGHT_LAYOUTS: tuple[str, ...] = ("linear", "conv1d")
@@ -129,11 +129,13 @@ class Magnitude:
             self.eps, self.ecd_alpha,
         )  # fmt: skip
 
-    def vjp(self, scale: torch.Tensor, grad_scale: torch.Tensor, compiled: bool = False) -> torch.Tensor:
-        """``∂L/∂logits`` from ``∂L/∂s``."""
+    def logits_grad(
+        self, scale: torch.Tensor, weighted: torch.Tensor, compiled: bool = False
+    ) -> torch.Tensor:
+        """``∂L/∂logits`` from ``weighted = s ⊙ ∂L/∂s`` (:func:`~jora_ops.logits_grad_from_weighted`)."""
         return run(
-            scale_vjp, compiled, self.kind, scale, grad_scale, self.row_norms, self.total_energy, self.logits,
-            self.temperature, self.eps, self.ecd_alpha,
+            logits_grad_from_weighted, compiled, self.kind, scale, weighted, self.row_norms, self.total_energy,
+            self.logits, self.temperature, self.eps, self.ecd_alpha,
         )  # fmt: skip
 
 
@@ -224,14 +226,13 @@ class _JoraLinearFunction(torch.autograd.Function):
             grads = _JoraLinearFunction._folded_backward(
                 ctx, grad_out, x, weight, folded, bias, theta_R, theta_L, scale, out, core_tensors
             )
-            return _JoraLinearFunction._logits_grad(ctx, grads, scale)
+            return _JoraLinearFunction._scale_slot_grad(ctx, grads, scale)
         # Bias and scale gradients and the statistics: the same token sums as the folded paths.
-        side: dict[str, torch.Tensor | None] = {"bias": None, "scale": None}
+        side: dict[str, torch.Tensor | None] = {"bias": None, "scale_weighted": None}
         output_side_grads(
             side, grad_out, x, out, bias, scale, {"bias": needs[3], "scale": needs[7]}, static.stats_in,
             static.stats_out, False, 0,
         )  # fmt: skip
-        grad_scale = side["scale"]
         grad_bias = side["bias"].to(bias.dtype) if side["bias"] is not None and bias is not None else None
         grad = grad_out.to(_compute_dtype(grad_out))
         grad_hidden = grad * scale if scale is not None else grad
@@ -288,20 +289,28 @@ class _JoraLinearFunction(torch.autograd.Function):
             grad_base_output,
             leaf_grads[1],
             leaf_grads[2],
-            grad_scale,
+            side["scale_weighted"],
             *core_grads,
             *([None] * n_offset),
         )
-        return _JoraLinearFunction._logits_grad(ctx, grads, scale)
+        return _JoraLinearFunction._scale_slot_grad(ctx, grads, scale)
 
     @staticmethod
-    def _logits_grad(ctx: Any, grads: tuple[torch.Tensor | None, ...], scale: torch.Tensor | None) -> tuple:
-        """With an inner magnitude, turn the scale's gradient (slot 7) into the logits' gradient."""
-        magnitude = ctx.static.magnitude
-        if magnitude is None or grads[7] is None or scale is None:
+    def _scale_slot_grad(
+        ctx: Any, grads: tuple[torch.Tensor | None, ...], scale: torch.Tensor | None
+    ) -> tuple:
+        """Turn slot 7, ``s ⊙ ∂L/∂s = Σ_t g ⊙ (y − b)``, into the gradient of what the slot holds: an inner
+        magnitude's logits (closed form from that sum, never dividing by ``s``) or a given scale (``∂L/∂s``,
+        that sum over ``s``: NaN where ``s`` is exactly 0, whose rows' pre-scale outputs ``y`` no longer holds)."""
+        weighted = grads[7]
+        if weighted is None or scale is None:
             return grads
-        grad_logits = magnitude.vjp(scale, grads[7], compile_enabled(scale))
-        return (*grads[:7], grad_logits, *grads[8:])
+        magnitude = ctx.static.magnitude
+        if magnitude is not None:
+            grad_slot = magnitude.logits_grad(scale, weighted, compile_enabled(scale))
+        else:
+            grad_slot = (weighted / scale).to(scale.dtype)
+        return (*grads[:7], grad_slot, *grads[8:])
 
     @staticmethod
     def _folded_backward(
@@ -336,7 +345,7 @@ class _JoraLinearFunction(torch.autograd.Function):
             static.on_backward()
         grad_bias = grads["bias"].to(bias.dtype) if grads["bias"] is not None and bias is not None else None
         return (
-            None, grad_x, None, grad_bias, None, grads["theta_R"], grads["theta_L"], grads["scale"],
+            None, grad_x, None, grad_bias, None, grads["theta_R"], grads["theta_L"], grads["scale_weighted"],
             *(grads[name] for name in names), *([None] * (len(core_tensors) - len(names))),
         )  # fmt: skip
 
@@ -424,10 +433,13 @@ def jora_linear(
         theta_R: their angle parameters ``[a_R]``.
         pairs_L: active output-side pairs ``[a_L, 2]``.
         theta_L: their angle parameters ``[a_L]``.
-        scale: a given row scale ``s`` ``[n]`` (differentiable), or ``None``.
+        scale: a given row scale ``s`` ``[n]`` (differentiable), or ``None``. Its gradient comes from the
+            kept output, ``∂L/∂s = Σ_t g ⊙ (y − b) / s``: NaN at entries where ``s`` is exactly 0, whose
+            pre-scale outputs ``y`` no longer holds (apply such a scale outside, or use ``magnitude``).
         magnitude: a :class:`Magnitude` whose ``s`` is computed inside from trainable logits (their
-            gradient comes in closed form, without an autograd graph); at most one of ``scale`` and
-            ``magnitude``. With neither, ``s ≡ 1``.
+            gradient comes in closed form from ``Σ_t g ⊙ (y − b) = s ⊙ ∂L/∂s``, without an autograd graph and
+            without dividing by ``s``: a row whose scale underflowed to 0 costs nothing); at most one of
+            ``scale`` and ``magnitude``. With neither, ``s ≡ 1``.
         base_output: precomputed ``h`` ``[..., n]`` instead of ``weight`` (receives a gradient).
         rotation_param: ``"cayley"`` or ``"angle"``.
         stats_in: fp32 buffer ``[m]``; backward adds the token mean of ``x²`` to it, exactly once per backward

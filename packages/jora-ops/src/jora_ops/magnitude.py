@@ -15,6 +15,7 @@ __all__ = [
     "compute_oer_scale_softmax",
     "compute_scale",
     "linear_temperature_anneal",
+    "logits_grad_from_weighted",
     "scale_vjp",
 ]
 
@@ -141,23 +142,43 @@ def scale_vjp(
     OER: ``log s_i = w_i/(2T) − ½·logsumexp(log p0 + w/T)`` and ``p_j = s_j² ν_j² / E``, so
     ``∂L/∂w_j = (a_j − p_j Σ_i a_i) / (2T)`` with ``a = (∂L/∂s) ⊙ s``.
     ECD: ``s = g·κ`` with ``g = 1 + α tanh(w/T)``, ``κ = sqrt(E / Σ (ν g)²)``, so
-    ``∂L/∂w_j = g'_j κ (∂L/∂s_j − ν_j² g_j Σ_i (∂L/∂s_i) g_i / Σ (ν g)²)``.
+    ``∂L/∂w_j = g'_j κ (∂L/∂s_j − ν_j² g_j Σ_i (∂L/∂s_i) g_i / Σ (ν g)²)
+    = g'_j (a_j / g_j − ν_j² g_j Σ_i a_i / Σ (ν g)²)``.
     Rows with ``ν ≤ eps`` get zero gradient (their scale is fixed at 1).
+    """
+    weighted = _at_least_fp32(grad_scale) * _at_least_fp32(scale)
+    return logits_grad_from_weighted(
+        kind, scale, weighted, base_row_norms, total_energy, logits, temperature, eps, ecd_alpha
+    )
+
+
+def logits_grad_from_weighted(
+    kind: str,
+    scale: torch.Tensor,
+    weighted: torch.Tensor,
+    base_row_norms: torch.Tensor,
+    total_energy: float | torch.Tensor,
+    logits: torch.Tensor,
+    temperature: float | torch.Tensor,
+    eps: float,
+    ecd_alpha: float = 0.5,
+) -> torch.Tensor:
+    """:func:`scale_vjp` from ``weighted = s ⊙ ∂L/∂s`` (the ``a`` of its formulas), which never divides by ``s``.
+
+    A fused layer gets ``weighted`` straight from its output, ``Σ_t g ⊙ (y − b)``: a row whose OER scale
+    underflowed to 0 then gives a zero share, where ``∂L/∂s`` itself (that sum over ``s``) would be ``0/0``.
     """
     nu = _at_least_fp32(base_row_norms)
     included = nu > eps
-    grad = torch.where(included, _at_least_fp32(grad_scale), 0.0)
-    s = _at_least_fp32(scale)
-    energy = _included_energy(nu, total_energy, included)
+    a = torch.where(included, _at_least_fp32(weighted), 0.0)
     if kind == "oer_softmax":
-        a = grad * s
-        p = torch.where(included, s * s * nu * nu / energy, 0.0)
+        s = _at_least_fp32(scale)
+        p = torch.where(included, s * s * nu * nu / _included_energy(nu, total_energy, included), 0.0)
         result = (a - p * a.sum()) / (2.0 * temperature)
     else:
         t = torch.tanh(_at_least_fp32(logits) / temperature)
-        gain = torch.where(included, 1.0 + ecd_alpha * t, 0.0)
-        norm_sq = ((nu * gain) ** 2).sum()
-        kappa = torch.sqrt(energy / norm_sq)
+        gain = 1.0 + ecd_alpha * t  # ≥ 1 − α > 0: a / gain is safe
+        norm_sq = (torch.where(included, nu * gain, 0.0) ** 2).sum()
         d_gain = ecd_alpha * (1.0 - t * t) / temperature
-        result = d_gain * kappa * (grad - nu * nu * gain * (grad * gain).sum() / norm_sq)
+        result = d_gain * (a / gain - nu * nu * gain * a.sum() / norm_sq)
     return torch.where(included, result, 0.0).to(logits.dtype)
