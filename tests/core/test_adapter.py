@@ -99,6 +99,28 @@ def test_forward_matches_dense_reference_and_merge(knobs, layer_kind, shape, see
     assert rel_error(base.weight, original) < 1e-5
 
 
+@pytest.mark.parametrize("layer_kind", ["linear", "conv1d"])
+def test_unmerge_refuses_a_row_whose_scale_is_zero(layer_kind: str) -> None:
+    """An OER logit far below the rest makes its row's fp32 scale exactly 0: the merge is still exact (the
+    merged row is 0, the adapted output there is the bias), but it erased that row of ``W``: ``unmerge``
+    raises a ``ValueError`` naming the layer and the row and leaves the merged weight as it was."""
+    base, layer = adapt(layer_kind, 6, 8, magnitude="oer_softmax")
+    randomize(layer.adapter, 3)
+    with torch.no_grad():
+        layer.adapter.mag_logits[5] = -1e4
+    assert layer.adapter.scale()[5] == 0.0
+    x = torch.randn(4, 6)
+    adapted = layer(x)
+    layer.merge()
+    assert rel_error(layer(x), adapted) < 1e-5
+    merged = base.weight.detach().clone()
+    with pytest.raises(
+        ValueError, match=r"JORA layer '(Linear|Conv1D)': the row scale is 0 at output rows \[5\]"
+    ):
+        layer.unmerge()
+    assert torch.equal(base.weight, merged) and layer.merged
+
+
 def test_selection_rounds_fill_exactly_S_disjoint_pairs_then_freeze() -> None:
     _, layer = adapt("linear", 16, 12, S_L=5, S_R=7, k=2, core="diag", zero_init_core=False)
     adapter = layer.adapter

@@ -71,6 +71,30 @@ def test_merge_equals_forward_and_unmerge_restores(arch: str, core: str) -> None
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_unmerge_refuses_rows_that_merging_erased_and_changes_nothing(arch: str) -> None:
+    """A layer whose OER scale underflowed to 0 on a row merges exactly (that row of the merged weight is 0, as
+    the adapted layer's output there is the bias), but cannot be unmerged: ``unmerge_adapter`` raises a
+    ``ValueError`` naming the layer and the rows before it writes any weight of any layer (the layer is the
+    last one); ``merge_and_unload`` still gives the adapted model."""
+    _, model = random_model(arch, magnitude="oer_softmax")
+    layer = [m for m in model.modules() if isinstance(m, JoraLayer)][-1]
+    with torch.no_grad():
+        layer.jora_adapters["default"].mag_logits[3] = -1e4  # exp(-1e4 / T) underflows in float64
+    assert layer.jora_adapters["default"].scale()[3] == 0.0
+    ids = token_batch()
+    adapted = logits(model, ids)
+    model.merge_adapter()
+    merged = {k: v.clone() for k, v in model.state_dict().items() if "base_layer.weight" in k}
+    torch.testing.assert_close(logits(model, ids), adapted, rtol=1e-10, atol=1e-10)
+    message = rf"JORA layer {layer.layer_name!r}: the row scale is 0 at output rows \[3\].*cannot be unmerged"
+    with pytest.raises(ValueError, match=message):
+        model.unmerge_adapter()
+    for key, value in merged.items():
+        assert torch.equal(model.state_dict()[key], value), key
+    torch.testing.assert_close(logits(model.merge_and_unload(), ids), adapted, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_get_delta_weight_and_safe_merge(arch: str) -> None:
     _, model = random_model(arch)
     layer = next(m for m in model.modules() if isinstance(m, JoraLayer))

@@ -353,8 +353,23 @@ class JoraAdapter(nn.Module):
         merged = (weight.to(compute_dtype) + self.delta_weight(compute_dtype)) * self._row_scale_view()
         return merged.to(weight.dtype)
 
+    def check_unmergeable(self) -> None:
+        """Raise ``ValueError`` if :meth:`merged_weight` erased rows of the base weight: where ``s`` is exactly 0
+        (an OER scale that underflowed) the merged row is 0 and ``W`` cannot be recovered from it.
+
+        Reads the scale on the host (a device sync): for merging, never on the training path.
+        """
+        zero_rows = (self.scale().detach() == 0).nonzero().flatten().tolist()
+        if zero_rows:
+            raise ValueError(
+                f"JORA layer {self.name!r}: the row scale is 0 at output rows {zero_rows[:8]}"
+                f"{' …' if len(zero_rows) > 8 else ''}, so merging erased those rows of the base weight and it "
+                "cannot be unmerged; reload the base weights (merge_and_unload needs no unmerge)"
+            )
+
     def unmerged_weight(self, merged: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`merged_weight`: ``diag(s)⁻¹ W' − ΔW``."""
+        """Inverse of :meth:`merged_weight`: ``diag(s)⁻¹ W' − ΔW`` (:meth:`check_unmergeable` first)."""
+        self.check_unmergeable()
         compute_dtype = torch.promote_types(merged.dtype, torch.float32)
         restored = merged.to(compute_dtype) / self._row_scale_view() - self.delta_weight(compute_dtype)
         return restored.to(merged.dtype)

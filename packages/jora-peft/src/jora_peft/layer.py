@@ -95,11 +95,18 @@ class JoraLayer(BaseTunerLayer):
             weight.data = merged.contiguous()
             self.merged_adapters.append(name)
 
+    def check_unmergeable(self) -> None:
+        """Raise ``ValueError`` if a merged adapter cannot be unmerged (see ``JoraAdapter.check_unmergeable``)."""
+        for name in self.merged_adapters:
+            if name in self.jora_adapters:
+                self.jora_adapters[name].check_unmergeable()
+
     def unmerge(self) -> None:
-        """Undo all merges, last merged first."""
+        """Undo all merges, last merged first (nothing is changed if one of them cannot be undone)."""
         if not self.merged:
             warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
+        self.check_unmergeable()
         weight = self.get_base_layer().weight
         while self.merged_adapters:
             name = self.merged_adapters.pop()

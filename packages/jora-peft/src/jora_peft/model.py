@@ -67,6 +67,13 @@ class JoraModel(BaseTuner):
         for _, layer in iter_jora_layers(self.model):
             yield layer
 
+    def unmerge_adapter(self) -> None:
+        """PEFT's ``unmerge_adapter``, once every layer is known to be unmergeable: a layer whose merge erased
+        rows of its base weight raises ``ValueError`` before any layer is changed."""
+        for layer in self._layers():
+            layer.check_unmergeable()
+        super().unmerge_adapter()
+
     def set_total_steps(self, total_steps: int | None, adapter_name: str | None = None) -> None:
         """Total number of steps, counted in backward calls, for ``warmup_ratio`` and temperature annealing."""
         for layer in self._layers():
