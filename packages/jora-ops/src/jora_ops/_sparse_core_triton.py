@@ -821,7 +821,7 @@ def _coordinate_grads_kernel(
         weighted = _split_sum(partial_ptr, k, out_ok, split_stride, n_splits, BLOCK_SPLITS)
         if HAS_BIAS:
             weighted -= tl.load(bias_ptr + k, mask=out_ok, other=0.0).to(tl.float32) * g_sum
-        if not LOGITS_GRAD:  # a given scale: ∂L/∂s (NaN where s is exactly 0: y lost those rows)
+        if not LOGITS_GRAD:  # a given scale: ∂L/∂s (not finite where s is exactly 0: y lost those rows)
             tl.store(scale_grad_ptr + k, weighted / s, mask=out_ok)
         else:  # the logits' gradient from weighted itself: an s underflowed to 0 gives a zero share
             _logits_grads(

@@ -301,7 +301,8 @@ class _JoraLinearFunction(torch.autograd.Function):
     ) -> tuple:
         """Turn slot 7, ``s ⊙ ∂L/∂s = Σ_t g ⊙ (y − b)``, into the gradient of what the slot holds: an inner
         magnitude's logits (closed form from that sum, never dividing by ``s``) or a given scale (``∂L/∂s``,
-        that sum over ``s``: NaN where ``s`` is exactly 0, whose rows' pre-scale outputs ``y`` no longer holds)."""
+        that sum over ``s``: not finite where ``s`` is exactly 0, whose pre-scale outputs ``y`` no longer
+        holds)."""
         weighted = grads[7]
         if weighted is None or scale is None:
             return grads
@@ -434,7 +435,7 @@ def jora_linear(
         pairs_L: active output-side pairs ``[a_L, 2]``.
         theta_L: their angle parameters ``[a_L]``.
         scale: a given row scale ``s`` ``[n]`` (differentiable), or ``None``. Its gradient comes from the
-            kept output, ``∂L/∂s = Σ_t g ⊙ (y − b) / s``: NaN at entries where ``s`` is exactly 0, whose
+            kept output, ``∂L/∂s = Σ_t g ⊙ (y − b) / s``: not finite where ``s`` is exactly 0, whose
             pre-scale outputs ``y`` no longer holds (apply such a scale outside, or use ``magnitude``).
         magnitude: a :class:`Magnitude` whose ``s`` is computed inside from trainable logits (their
             gradient comes in closed form from ``Σ_t g ⊙ (y − b) = s ⊙ ∂L/∂s``, without an autograd graph and
