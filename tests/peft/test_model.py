@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from jora_core import JoraAdapter
 from jora_peft import JoraConfig, JoraLayer
 from model_factory import MODELS, tiny_llama, token_batch
 from peft import get_peft_model
@@ -79,7 +80,7 @@ def test_unmerge_refuses_rows_that_merging_erased_and_changes_nothing(arch: str)
     _, model = random_model(arch, magnitude="oer_softmax")
     layer = [m for m in model.modules() if isinstance(m, JoraLayer)][-1]
     with torch.no_grad():
-        layer.jora_adapters["default"].mag_logits[3] = -1e4  # exp(-1e4 / T) underflows in float64
+        layer.jora_adapters["default"].mag_logits[3] = -1e4  # its softmax weight exp(-1e4 / T) underflows
     assert layer.jora_adapters["default"].scale()[3] == 0.0
     ids = token_batch()
     adapted = logits(model, ids)
@@ -151,6 +152,51 @@ def test_several_adapters_switch_compose_and_delete() -> None:
     model.set_adapter("default")
     torch.testing.assert_close(logits(model, ids), out_default, rtol=1e-12, atol=1e-12)
     assert reference is not None
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_casting_the_model_keeps_every_adapter_tensor_fp32_and_training_runs(arch: str, dtype) -> None:
+    """``model.to(dtype)`` after ``get_peft_model`` casts the base weights; every floating parameter, gradient
+    and buffer of each JORA adapter keeps dtype fp32 and its exact values (a cast once turned the statistics
+    buffers into a dtype the fused function refuses: training failed at the first step). A lossless cast
+    (fp64) leaves the adapted model's output unchanged; after any cast a training step updates the adapters
+    and keeps them fp32."""
+    _, model = random_model(arch, dtype=torch.float32, magnitude="oer_softmax")
+    ids = token_batch()
+    model.train()
+    model(ids, labels=ids).loss.backward()  # gradients exist before the cast
+    adapters = [m for m in model.modules() if isinstance(m, JoraAdapter)]
+    before = [{k: t.detach().clone() for k, t in _adapter_tensors(a).items()} for a in adapters]
+    expected = logits(model, ids)
+    model.to(dtype)
+    for adapter, saved in zip(adapters, before, strict=True):
+        tensors = _adapter_tensors(adapter)
+        assert tensors.keys() == saved.keys()
+        for key, tensor in tensors.items():
+            assert tensor.dtype == saved[key].dtype and torch.equal(tensor, saved[key]), key
+    base_weights = [m.get_base_layer().weight for m in model.modules() if isinstance(m, JoraLayer)]
+    assert all(w.dtype == dtype for w in base_weights)
+    if dtype == torch.float64:
+        torch.testing.assert_close(logits(model, ids), expected.double(), rtol=1e-6, atol=1e-6)
+    model.zero_grad(set_to_none=True)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = model(ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    optimizer.step()
+    for adapter, saved in zip(adapters, before, strict=True):
+        mag_logits = adapter.mag_logits
+        assert mag_logits is not None and mag_logits.dtype == torch.float32
+        assert not torch.equal(mag_logits, saved["mag_logits"])
+        assert adapter.acc_L.dtype == adapter.ema_L.dtype == torch.float32
+
+
+def _adapter_tensors(adapter: JoraAdapter) -> dict[str, torch.Tensor]:
+    """Every parameter, gradient and buffer of ``adapter`` by name (gradients as ``<name>.grad``)."""
+    tensors = dict(adapter.named_buffers()) | dict(adapter.named_parameters())
+    tensors |= {f"{k}.grad": p.grad for k, p in adapter.named_parameters() if p.grad is not None}
+    return tensors
 
 
 def test_only_adapter_parameters_change_after_an_optimizer_step() -> None:

@@ -77,6 +77,10 @@ class JoraAdapter(nn.Module):
     ``step`` (written from the host count when the state dict is taken; :attr:`current_step` is live),
     ``total_steps`` (``-1`` = unknown), ``temperature``, ``ema_L``/``ema_R``, ``row_norms``,
     ``total_energy``, ``seed`` and the core's offset.
+
+    Every floating parameter and buffer is fp32 on any base dtype and stays fp32 when the model is cast
+    (``model.to(torch.bfloat16)``, ``.half()``, ``.double()``): the cast moves them to its device only, as if
+    the adapter had been created on the cast model (see :meth:`_apply`).
     """
 
     def __init__(
@@ -158,6 +162,37 @@ class JoraAdapter(nn.Module):
                     self.mag_logits.copy_(
                         RANDOM_LOGIT_STD * torch.randn(self.out_features, generator=generator)
                     )
+
+    def _apply(self, fn: Any, recurse: bool = True) -> JoraAdapter:
+        """``nn.Module._apply`` (behind ``to``, ``cuda``, ``half``...) that keeps the fp32 tensors fp32.
+
+        A dtype cast of the model would leave the statistics buffers in a dtype the fused function refuses,
+        round the row norms, the energy and the angles, and break ``C − C₀ = 0`` at init; here each fp32
+        parameter, gradient and buffer takes only the cast's device, with its values unchanged.
+        """
+        fp32 = torch.float32
+        params = {
+            k: (
+                p.data,
+                p.grad.data if p.grad is not None else None,
+            )  # aliases of the storages before the cast
+            for k, p in self._parameters.items()
+            if p is not None and p.dtype == fp32
+        }
+        buffers = {k: b for k, b in self._buffers.items() if b is not None and b.dtype == fp32}
+        super()._apply(fn, recurse)
+        for key, (data, grad) in params.items():
+            param = self._parameters[key]
+            assert param is not None
+            if param.dtype != fp32:
+                device = param.device
+                param.grad = None  # (a gradient must match its parameter's dtype at every assignment)
+                param.data = data.to(device)
+                param.grad = grad.to(device) if grad is not None else None
+        for key, buffer in buffers.items():
+            if self._buffers[key].dtype != fp32:
+                self._buffers[key] = buffer.to(self._buffers[key].device)
+        return self
 
     @classmethod
     def from_layer(
