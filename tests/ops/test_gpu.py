@@ -106,3 +106,65 @@ def test_lowrank_bf16_paths_match_fp32_eager_on_cuda(
     for name in ("bf16 compiled", "bf16 triton"):
         for key, expected in results["fp32 eager"].items():
             assert rel_error(results[name][key], expected) < 1e-2, (name, key)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize(("core", "block_size"), [("diag", 1), ("block", 4), ("lowrank", 8)])
+def test_a_layer_on_the_second_gpu_runs_there_while_the_first_is_current(core: str, block_size: int) -> None:
+    """A model spread over GPUs in one process (``device_map="auto"``) calls a layer on ``cuda:1`` while
+    ``cuda:0`` is current, and Triton launches on the current device: the launches must take their tensors'
+    device (else they run on ``cuda:0``'s stream, unordered with the layer's cuBLAS work on ``cuda:1``;
+    ``cuda:0`` is kept busy here so that such a launch would run late). Output and every gradient of the fused
+    linear (magnitude, bias, both sides; forward under ``cuda:0``, backward on autograd's ``cuda:1`` thread)
+    and of ``apply_rotations`` equal, bit for bit, the same calls made with ``cuda:1`` current."""
+    from jora_ops import Magnitude, apply_rotations
+
+    gen = torch.Generator().manual_seed(11)
+    tokens, n, m, slots = 512, 384, 256, 32
+    spec = CoreSpec(core, n, m, block_size=block_size, rank=block_size, alpha=2.0)
+    d = min(n, m)
+    shapes = {"diag": [(d,)], "block": [(d // block_size, block_size, block_size), (0,)]}
+    shapes["lowrank"] = [(n, block_size), (m, block_size)]
+    leaves = {
+        "x": torch.randn(tokens, m, generator=gen),
+        "bias": torch.randn(n, generator=gen),
+        "theta_L": torch.randn(slots, generator=gen),
+        "theta_R": torch.randn(slots, generator=gen),
+        "logits": torch.randn(n, generator=gen) * 0.3,
+        **{f"core{i}": torch.randn(*shape, generator=gen) for i, shape in enumerate(shapes[core])},
+    }
+    weight = torch.randn(n, m, generator=gen) / m**0.5
+    pairs_L = torch.randperm(n, generator=gen)[: 2 * slots].view(slots, 2)
+    pairs_R = torch.randperm(m, generator=gen)[: 2 * slots].view(slots, 2)
+    grad = torch.randn(tokens, n, generator=gen)
+
+    def run() -> list[torch.Tensor]:
+        device = "cuda:1"
+        t = {
+            k: v.to(device, torch.bfloat16 if k == "x" else torch.float32).requires_grad_()
+            for k, v in leaves.items()
+        }
+        nu = weight.norm(dim=1).to(device)
+        out = jora_linear(
+            t["x"], weight.to(device, torch.bfloat16), t["bias"], core=spec,
+            core_params=tuple(t[f"core{i}"] for i in range(len(shapes[core]))), pairs_L=pairs_L.to(device),
+            theta_L=t["theta_L"], pairs_R=pairs_R.to(device), theta_R=t["theta_R"],
+            magnitude=Magnitude("oer_softmax", t["logits"], nu, (nu**2).sum(), 1.0), impl="triton",
+        )  # fmt: skip
+        out.backward(grad.to(device, torch.bfloat16))
+        theta = t["theta_R"].detach().clone().requires_grad_()
+        rotated = apply_rotations(t["x"].detach().float(), pairs_R.to(device), theta, impl="triton")
+        rotated.backward(torch.ones_like(rotated))
+        return [out, rotated, theta.grad, *(v.grad for v in t.values())]
+
+    with torch.cuda.device(1):
+        expected = run()
+    torch.cuda.synchronize(1)
+    assert torch.cuda.current_device() == 0
+    torch.cuda._sleep(2_000_000_000)  # ≈ 1 s on cuda:0's stream: a kernel launched there would run late,
+    got = run()  # unordered with cuda:1's work (with peer access its results could otherwise still match)
+    torch.cuda.synchronize(1)
+    torch.cuda.synchronize(0)
+    for index, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert a.device == torch.device("cuda:1") and torch.equal(a, b), index

@@ -10,6 +10,11 @@ constexprs and options, and per argument: a tensor's dtype and 16-byte alignment
 16-divisibility and 32-bit range, the type of a float or ``None``), so a cached kernel is only reused where
 Triton would pick the same one. Under ``TRITON_INTERPRET=1``, for arguments of other types, and with
 ``FAST_LAUNCH = False`` (an A/B knob) every launch goes through ``JITFunction.run``.
+
+Triton launches on the current CUDA device, not on its tensors' device: with a model spread over GPUs in one
+process (``device_map="auto"``) a layer on ``cuda:1`` is called while ``cuda:0`` is current. :func:`launch`
+makes the first tensor argument's device current for the launch when it is not (a device guard, as torch ops
+have; nothing is done in the usual case of one device).
 """
 
 from __future__ import annotations
@@ -42,17 +47,27 @@ def _argument_key(value: object) -> object:
 
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    """``kernel[grid](*args, **kwargs)``: runtime arguments positional, constexprs and launch options (such
-    as ``num_warps``) by keyword; after the first launch of a specialization, through its ``CompiledKernel``.
+    """``kernel[grid](*args, **kwargs)`` on the device of the first tensor argument: runtime arguments
+    positional, constexprs and launch options (such as ``num_warps``) by keyword; after the first launch of a
+    specialization, through its ``CompiledKernel``.
     ``kernel`` may also be any object with ``kernel[grid](...)`` (a stub or a recorder in the benchmarks)."""
-    if not FAST_LAUNCH or not isinstance(kernel, JITFunction) or triton_interpreting():
+    if triton_interpreting():
+        kernel[grid](*args, **kwargs)
+        return
+    device = next((arg.device for arg in args if isinstance(arg, torch.Tensor)), None)
+    on_cuda = device is not None and device.type == "cuda"
+    if on_cuda and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            launch(kernel, grid, *args, **kwargs)
+        return
+    if not FAST_LAUNCH or not isinstance(kernel, JITFunction):
         kernel[grid](*args, **kwargs)
         return
     argument_keys = tuple(map(_argument_key, args))
     if NotImplemented in argument_keys:
         kernel[grid](*args, **kwargs)
         return
-    key = (torch.cuda.current_device(), tuple(kwargs.items()), argument_keys)
+    key = (device.index if on_cuda else torch.cuda.current_device(), tuple(kwargs.items()), argument_keys)
     cache = _CACHES.setdefault(kernel, {})
     cached = cache.get(key)
     if cached is None:
