@@ -171,11 +171,9 @@ class JoraAdapter(nn.Module):
         parameter, gradient and buffer takes only the cast's device, with its values unchanged.
         """
         fp32 = torch.float32
+        # aliases of the storages before the cast (``.data``: the cast swaps the tensors' data in place)
         params = {
-            k: (
-                p.data,
-                p.grad.data if p.grad is not None else None,
-            )  # aliases of the storages before the cast
+            k: (p.data, p.grad.data if p.grad is not None else None)
             for k, p in self._parameters.items()
             if p is not None and p.dtype == fp32
         }
