@@ -121,6 +121,35 @@ def test_unmerge_refuses_a_row_whose_scale_is_zero(layer_kind: str) -> None:
     assert torch.equal(base.weight, merged) and layer.merged
 
 
+@pytest.mark.parametrize("default_dtype", [torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("core", ["diag", "block", "lowrank"])
+def test_the_adapter_is_fp32_and_identical_under_any_default_dtype(default_dtype, core: str) -> None:
+    """Under ``torch.set_default_dtype(torch.bfloat16)`` (or fp64) an adapter is created with the same fp32
+    parameters and buffers, random init included, as under the fp32 default (its statistics buffers once
+    followed the default dtype, and training failed at its first step), and it trains the same."""
+    knobs = {"S_L": 3, "S_R": 3, "k": 1, "core": core, "block_size": 4, "init_weights": False}
+    base = make_layer("linear", 12, 10, torch.float32)
+    x, grad = torch.randn(4, 12), torch.randn(4, 10)
+    runs = []
+    for dtype in (torch.float32, default_dtype):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            torch.manual_seed(0)  # the random core's draws
+            layer = JoraLinear(base, seed=5, warmup_steps=0, **knobs)
+            layer(x).backward(grad)
+            state = {k: v.detach().clone() for k, v in layer.adapter.state_dict().items()}
+            state |= {f"{k}.grad": p.grad for k, p in layer.adapter.named_parameters()}
+        finally:
+            torch.set_default_dtype(previous)
+        runs.append(state)
+    reference, other = runs
+    assert reference.keys() == other.keys()
+    for key, value in reference.items():
+        assert other[key].dtype == value.dtype and torch.equal(other[key], value), key
+    assert all(v.dtype == torch.float32 for v in reference.values() if v.is_floating_point())
+
+
 def test_selection_rounds_fill_exactly_S_disjoint_pairs_then_freeze() -> None:
     _, layer = adapt("linear", 16, 12, S_L=5, S_R=7, k=2, core="diag", zero_init_core=False)
     adapter = layer.adapter

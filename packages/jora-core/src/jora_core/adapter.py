@@ -111,8 +111,8 @@ class JoraAdapter(nn.Module):
         self.S_L = self._clamp_slots("S_L", settings.S_L, self.out_features)
         self.S_R = self._clamp_slots("S_R", settings.S_R, self.in_features)
 
-        self.theta_L = nn.Parameter(torch.zeros(self.S_L, device=device))
-        self.theta_R = nn.Parameter(torch.zeros(self.S_R, device=device))
+        self.theta_L = nn.Parameter(torch.zeros(self.S_L, dtype=torch.float32, device=device))
+        self.theta_R = nn.Parameter(torch.zeros(self.S_R, dtype=torch.float32, device=device))
         core = build_core(
             settings.core,
             self.out_features,
@@ -129,7 +129,9 @@ class JoraAdapter(nn.Module):
         object.__setattr__(self, "core", core)  # a view on this module's tensors, not a submodule
         has_magnitude = settings.magnitude != "none"
         self.mag_logits = (
-            nn.Parameter(torch.zeros(self.out_features, device=device)) if has_magnitude else None
+            nn.Parameter(torch.zeros(self.out_features, dtype=torch.float32, device=device))
+            if has_magnitude
+            else None
         )
 
         row_norms = weight.float().norm(dim=1 if layout == "linear" else 0)
@@ -139,12 +141,18 @@ class JoraAdapter(nn.Module):
         self.register_buffer("pairs_R", torch.full((self.S_R, 2), -1, dtype=torch.long, device=device))
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("total_steps", torch.full((), -1, dtype=torch.long, device=device))
-        self.register_buffer("temperature", torch.full((), settings.initial_temperature, device=device))
+        self.register_buffer(
+            "temperature", torch.full((), settings.initial_temperature, dtype=torch.float32, device=device)
+        )
         self.register_buffer("seed", torch.tensor(int(seed) & 0x7FFFFFFFFFFFFFFF, device=device))
-        self.register_buffer("ema_L", torch.zeros(self.out_features, device=device))
-        self.register_buffer("ema_R", torch.zeros(self.in_features, device=device))
-        self.register_buffer("acc_L", torch.zeros(self.out_features, device=device), persistent=False)
-        self.register_buffer("acc_R", torch.zeros(self.in_features, device=device), persistent=False)
+        self.register_buffer("ema_L", torch.zeros(self.out_features, dtype=torch.float32, device=device))
+        self.register_buffer("ema_R", torch.zeros(self.in_features, dtype=torch.float32, device=device))
+        self.register_buffer(
+            "acc_L", torch.zeros(self.out_features, dtype=torch.float32, device=device), persistent=False
+        )
+        self.register_buffer(
+            "acc_R", torch.zeros(self.in_features, dtype=torch.float32, device=device), persistent=False
+        )
 
         self._host = _HostState(seed=int(seed) & 0x7FFFFFFFFFFFFFFF)
         self.register_load_state_dict_post_hook(JoraAdapter._refresh_mirrors)
@@ -156,11 +164,12 @@ class JoraAdapter(nn.Module):
             with torch.no_grad():
                 generator = torch.Generator().manual_seed(_mix_seed(self._host.seed, 7))
                 for theta in (self.theta_L, self.theta_R):
-                    rand = torch.rand(theta.shape, generator=generator) * 2 - 1
+                    rand = torch.rand(theta.shape, generator=generator, dtype=torch.float32) * 2 - 1
                     theta.copy_(RANDOM_THETA_RANGE * rand)
                 if self.mag_logits is not None:
                     self.mag_logits.copy_(
-                        RANDOM_LOGIT_STD * torch.randn(self.out_features, generator=generator)
+                        RANDOM_LOGIT_STD
+                        * torch.randn(self.out_features, generator=generator, dtype=torch.float32)
                     )
 
     def _apply(self, fn: Any, recurse: bool = True) -> JoraAdapter:
@@ -274,7 +283,7 @@ class JoraAdapter(nn.Module):
         """The row scale ``s ∈ R^n`` (fp32); all ones with ``magnitude="none"``."""
         s = self.settings
         if self.mag_logits is None:
-            return torch.ones(self.out_features, device=self.row_norms.device)
+            return torch.ones(self.out_features, dtype=torch.float32, device=self.row_norms.device)
         compiled = compile_enabled(self.mag_logits)
         if s.magnitude == "oer_softmax":
             return run(
