@@ -58,7 +58,10 @@ sys.path.insert(0, {here!r})
 from test_save_load import STEPS_AFTER, STEPS_BEFORE, train_steps
 
 build, _ = MODELS[{arch!r}]
-model = PeftModel.from_pretrained(build(seed=1), {adapter!r}, is_trainable=True)
+model = PeftModel.from_pretrained(
+    build(seed=1), {adapter!r}, is_trainable=True, low_cpu_mem_usage={low_cpu_mem_usage!r}
+)
+assert not any(p.is_meta for p in model.parameters())
 with torch.no_grad():
     model.eval()
     logits = model(token_batch(3, 10, seed=7)).logits
@@ -67,8 +70,13 @@ torch.save({{"logits": logits, "state": model.jora_state()}}, {out!r})
 """
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_fresh_process_reload_gives_identical_outputs_and_selection(arch: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("arch", "low_cpu_mem_usage"), [("llama", False), ("gpt2", False), ("llama", True), ("gpt2", True)]
+)
+def test_fresh_process_reload_gives_identical_outputs_and_selection(
+    arch: str, low_cpu_mem_usage: bool, tmp_path: Path
+) -> None:
+    """Also with ``low_cpu_mem_usage=True``: the adapters are created on ``meta`` and PEFT's load assigns them."""
     build, targets = MODELS[arch]
     model = get_peft_model(build(seed=1), JoraConfig(target_modules=targets, **KNOBS))
     train_steps(model, 0, STEPS_BEFORE)
@@ -82,8 +90,9 @@ def test_fresh_process_reload_gives_identical_outputs_and_selection(arch: str, t
 
     out = tmp_path / "child.pt"
     code = CHILD.format(
-        here=str(Path(__file__).parent), arch=arch, adapter=str(tmp_path / "adapter"), out=str(out)
-    )
+        here=str(Path(__file__).parent), arch=arch, adapter=str(tmp_path / "adapter"), out=str(out),
+        low_cpu_mem_usage=low_cpu_mem_usage,
+    )  # fmt: skip
     result = run_python(code, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     child = torch.load(out)

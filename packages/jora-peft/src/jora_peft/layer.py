@@ -59,10 +59,17 @@ class JoraLayer(BaseTunerLayer):
     def _move_adapter_to_device_of_base_layer(
         self, adapter_name: str, device: torch.device | None = None
     ) -> None:
-        """Move to the base layer's device only: JORA keeps fp32 parameters and statistics on any base dtype."""
+        """Move to the base layer's device only: JORA keeps fp32 parameters and statistics on any base dtype.
+
+        An adapter whose parameters are on ``meta`` (created by ``low_cpu_mem_usage=True``) is left there: PEFT's
+        state-dict load assigns its tensors."""
         target = device if device is not None else self.get_base_layer().weight.device
-        if target.type != "meta" and adapter_name in self.jora_adapters:
-            self.jora_adapters[adapter_name].to(target)
+        if target.type == "meta" or adapter_name not in self.jora_adapters:
+            return
+        adapter = self.jora_adapters[adapter_name]
+        if any(param.is_meta for param in adapter.parameters()):
+            return
+        adapter.to(target)
 
     def _active_jora(self) -> list[JoraAdapter]:
         return [self.jora_adapters[name] for name in self.active_adapters if name in self.jora_adapters]
