@@ -595,3 +595,37 @@ def test_a_given_scale_with_an_exact_zero_has_no_finite_gradient_there_and_exact
     keep = torch.arange(6) != 2
     torch.testing.assert_close(ours_scale[keep], case.scale.grad[keep], rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(ours_x, x.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", [_impl_param("torch"), _impl_param("triton")])
+@pytest.mark.parametrize("core_kind", ["diag", "block", "lowrank"])
+def test_a_double_backward_raises_instead_of_returning_wrong_gradients(impl: str, core_kind: str) -> None:
+    """The fused function's backward (Triton kernels, token sums into reused buffers) is not differentiable
+    itself: a second backward through ``create_graph=True`` raises torch's ``once_differentiable`` error (the
+    Triton path returned wrong second-order gradients before, the torch path failed inside a sum); the first
+    derivatives taken with ``create_graph=True`` still equal the plain ones. ``apply_rotations``' Triton
+    function the same."""
+    from jora_ops import apply_rotations
+
+    case = make_case(core_kind, 6, 5, seed=31, dtype=torch.float32)
+    device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+    kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.kwargs().items()}
+    kwargs["core_params"] = tuple(p.to(device).requires_grad_() for p in case.params)
+    kwargs["core_offset"] = tuple(o.to(device) for o in case.offset)
+    x = torch.randn(4, 5, device=device, requires_grad=True)
+    weight = case.weight.to(device)
+
+    def loss() -> torch.Tensor:
+        return jora_linear(x, weight, impl=impl, **kwargs).square().sum()
+
+    (plain,) = torch.autograd.grad(loss(), x)
+    (first,) = torch.autograd.grad(loss(), x, create_graph=True)
+    torch.testing.assert_close(first.detach(), plain, rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        first.square().sum().backward()
+    if impl == "triton":
+        theta = torch.randn(2, device=device, requires_grad=True)
+        rotated = apply_rotations(x, torch.tensor([[0, 3], [1, 4]], device=device), theta, impl="triton")
+        (first,) = torch.autograd.grad(rotated.square().sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="once_differentiable"):
+            first.sum().backward()

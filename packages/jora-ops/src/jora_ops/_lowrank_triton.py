@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from jora_ops._fold_common import folded_matmul, kept_for_backward
 from jora_ops._sparse_core_triton import (
@@ -298,6 +299,7 @@ class _LowRankLinearTriton(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a double backward raises instead of returning wrong second-order gradients
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         config = ctx.config
         x, weight, folded, left, right, *vectors = ctx.saved_tensors

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from jora_ops._dispatch import triton_interpreting
 from jora_ops._fold_common import folded_matmul, kept_for_backward
@@ -1387,6 +1388,7 @@ class _SparseCoreLinearTriton(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a double backward raises instead of returning wrong second-order gradients
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         config = ctx.config
         x, weight, folded, bias, theta_R, theta_L, scale_or_logits, inner_scale, out, tables, *core_values = (

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from jora_ops._block_fold import block_fold, block_fold_backward
 from jora_ops._compile import compile_enabled, run
@@ -218,6 +219,7 @@ class _JoraLinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # a double backward raises instead of returning wrong second-order gradients
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
         static: _Static = ctx.static
         x, weight, bias, theta_R, theta_L, scale, out, folded, *core_tensors = ctx.saved_tensors

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from jora_ops._triton_launch import launch
 from jora_ops.rotation import rotation_cos_sin
@@ -103,6 +104,7 @@ class _ApplyRotationsTriton(torch.autograd.Function):
         return _rotate(x, pairs, cos, -sin if transpose else sin)
 
     @staticmethod
+    @once_differentiable  # a double backward raises instead of returning wrong second-order gradients
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, pairs, thetas = ctx.saved_tensors
         grad_x = grad_theta = None
