@@ -111,8 +111,9 @@ class JoraAdapter(nn.Module):
         self.S_L = self._clamp_slots("S_L", settings.S_L, self.out_features)
         self.S_R = self._clamp_slots("S_R", settings.S_R, self.in_features)
 
-        self.theta_L = nn.Parameter(torch.zeros(self.S_L, dtype=torch.float32, device=device))
-        self.theta_R = nn.Parameter(torch.zeros(self.S_R, dtype=torch.float32, device=device))
+        fp32 = {"dtype": torch.float32, "device": device}  # every float tensor, whatever the default dtype
+        self.theta_L = nn.Parameter(torch.zeros(self.S_L, **fp32))
+        self.theta_R = nn.Parameter(torch.zeros(self.S_R, **fp32))
         core = build_core(
             settings.core,
             self.out_features,
@@ -128,11 +129,7 @@ class JoraAdapter(nn.Module):
         self.core: JoraCore
         object.__setattr__(self, "core", core)  # a view on this module's tensors, not a submodule
         has_magnitude = settings.magnitude != "none"
-        self.mag_logits = (
-            nn.Parameter(torch.zeros(self.out_features, dtype=torch.float32, device=device))
-            if has_magnitude
-            else None
-        )
+        self.mag_logits = nn.Parameter(torch.zeros(self.out_features, **fp32)) if has_magnitude else None
 
         row_norms = weight.float().norm(dim=1 if layout == "linear" else 0)
         self.register_buffer("row_norms", row_norms)
@@ -141,18 +138,12 @@ class JoraAdapter(nn.Module):
         self.register_buffer("pairs_R", torch.full((self.S_R, 2), -1, dtype=torch.long, device=device))
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("total_steps", torch.full((), -1, dtype=torch.long, device=device))
-        self.register_buffer(
-            "temperature", torch.full((), settings.initial_temperature, dtype=torch.float32, device=device)
-        )
+        self.register_buffer("temperature", torch.full((), settings.initial_temperature, **fp32))
         self.register_buffer("seed", torch.tensor(int(seed) & 0x7FFFFFFFFFFFFFFF, device=device))
-        self.register_buffer("ema_L", torch.zeros(self.out_features, dtype=torch.float32, device=device))
-        self.register_buffer("ema_R", torch.zeros(self.in_features, dtype=torch.float32, device=device))
-        self.register_buffer(
-            "acc_L", torch.zeros(self.out_features, dtype=torch.float32, device=device), persistent=False
-        )
-        self.register_buffer(
-            "acc_R", torch.zeros(self.in_features, dtype=torch.float32, device=device), persistent=False
-        )
+        self.register_buffer("ema_L", torch.zeros(self.out_features, **fp32))
+        self.register_buffer("ema_R", torch.zeros(self.in_features, **fp32))
+        self.register_buffer("acc_L", torch.zeros(self.out_features, **fp32), persistent=False)
+        self.register_buffer("acc_R", torch.zeros(self.in_features, **fp32), persistent=False)
 
         self._host = _HostState(seed=int(seed) & 0x7FFFFFFFFFFFFFFF)
         self.register_load_state_dict_post_hook(JoraAdapter._refresh_mirrors)

@@ -184,8 +184,8 @@ def diag_fold_backward(
     use_triton: bool = False,
 ) -> dict[str, torch.Tensor | None]:
     """Gradients of ``y = x (diag_fold(…).folded)ᵀ + b`` for ``bias``, ``scale`` (as ``s ⊙ ∂L/∂s``),
-    ``diag``, ``theta_L`` and ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²`` added to the buffers);
-    ``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``.
+    ``diag``, ``theta_L`` and ``theta_R``, and the selection statistics (token means of ``x²`` and ``g²``
+    added to the buffers); ``∂L/∂x`` comes from the folded weight, in ``jora_ops.fused``.
 
     All full-size token sums come from one pass over ``g``, ``y`` and ``x`` (a Triton kernel with
     ``use_triton``, torch ops otherwise); ``out`` (the forward's output) gives ``h = (y − b)/s``.
