@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from torch.utils.checkpoint import checkpoint
 
 from jora_core import JoraAdapter, JoraLinear, JoraSettings
+from jora_ops import _dispatch
 from jora_reference import adapter_dense_weight, rel_error
 from layer_factory import make_layer
 
@@ -226,6 +227,51 @@ def test_statistics_not_double_counted_under_checkpointing(use_reentrant: bool) 
     torch.testing.assert_close(adapter.ema_R, (1 - beta) * x.detach().square().mean(0))
     torch.testing.assert_close(adapter.ema_L, (1 - beta) * grad.square().mean(0))
     assert adapter.current_step == 1
+
+
+_TRITON_BACKEND = _dispatch.triton_available() and (
+    _dispatch.triton_interpreting() or torch.cuda.is_available()
+)
+
+
+@pytest.mark.parametrize(
+    "impl",
+    [
+        "torch",
+        pytest.param(
+            "triton",
+            marks=pytest.mark.skipif(
+                not _TRITON_BACKEND, reason="needs triton with TRITON_INTERPRET=1 (CI) or a CUDA device"
+            ),
+        ),
+    ],
+)
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_a_step_with_non_finite_gradients_leaves_that_sides_statistic_unchanged(
+    impl: str, bad: float
+) -> None:
+    """An overflowed step (fp16 loss scaling; the GradScaler skips it) must not make the EMA inf/NaN for good.
+    On the Triton path the kernels collect the statistics (on CUDA the EMA update is compiled)."""
+    beta = 0.9
+    device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+    _, layer = adapt(
+        "linear", 9, 7, S_L=3, S_R=3, k=1, ema_beta=beta, update_interval=100, rotation_impl=impl
+    )
+    layer.to(device)
+    adapter = layer.adapter
+    x1 = torch.randn(5, 9, device=device)
+    overflowed = torch.randn(5, 7, device=device)
+    overflowed[int(torch.randint(5, ())), int(torch.randint(7, ()))] = bad
+    layer(x1).backward(overflowed)
+    assert torch.equal(adapter.ema_L, torch.zeros(7, device=device))  # skipped, as the optimizer step is
+    torch.testing.assert_close(adapter.ema_R, (1 - beta) * x1.square().mean(0))  # the inputs were finite
+    x2, grad = torch.randn(5, 9, device=device), torch.randn(5, 7, device=device)
+    layer(x2).backward(grad)  # the next finite step counts, with nothing left over from the skipped one
+    torch.testing.assert_close(adapter.ema_L, (1 - beta) * grad.square().mean(0))
+    torch.testing.assert_close(
+        adapter.ema_R, beta * (1 - beta) * x1.square().mean(0) + (1 - beta) * x2.square().mean(0)
+    )
+    assert adapter.current_step == 2
 
 
 def test_ema_update_interval_skips_steps() -> None:

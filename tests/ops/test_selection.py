@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jora_ops import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
+from jora_ops import compute_allowed_pairs, ema_update, select_random_pairs, select_top_k_pairs_gpu
 
 
 def expected_ranking(energy: list[float], excluded: set[int], limit: int) -> list[int]:
@@ -118,3 +118,23 @@ def test_bad_arguments_raise_named_errors() -> None:
         select_top_k_pairs_gpu(torch.rand(4), 1, exclude=torch.tensor([0.5]))
     with pytest.raises(ValueError, match="warmup_ratio"):
         compute_allowed_pairs(4, 1, warmup_ratio=1.5)
+
+
+@given(
+    dim=st.integers(1, 64),
+    beta=st.floats(0.0, 0.999),
+    count=st.integers(1, 4),
+    bad=st.sampled_from([None, float("inf"), float("-inf"), float("nan")]),
+)
+def test_ema_update_matches_float64_and_skips_a_non_finite_step(
+    dim: int, beta: float, count: int, bad: float | None
+) -> None:
+    ema, collected = torch.rand(dim), torch.rand(dim) * count
+    if bad is not None:
+        collected[int(torch.randint(dim, ()))] = bad
+    updated = ema_update(ema, collected, beta, count)
+    if bad is None:
+        expected = beta * ema.double() + (1 - beta) * collected.double() / count
+        torch.testing.assert_close(updated.double(), expected, rtol=1e-6, atol=1e-7)
+    else:
+        assert torch.equal(updated, ema)

@@ -259,6 +259,40 @@ def test_mixed_precision_training_under_autocast(arch: str, core: str) -> None:
     assert any(not torch.equal(p, before[n]) for n, p in adapter.items())
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_fp16_loss_scaling_overflow_does_not_poison_the_statistics(arch: str) -> None:
+    """fp16 autocast with a ``GradScaler`` whose first steps overflow (``Trainer(fp16=True)``): the scaler skips
+    those steps, and so do the statistics; the finite steps after them still count, and every EMA stays finite
+    (before the fix one overflow made the output side's EMA NaN for good, and selection ranked by index)."""
+    build, targets = MODELS[arch]
+    config = JoraConfig(target_modules=targets, S_L=4, S_R=4, k=2, update_interval=1000)
+    model = get_peft_model(build(seed=7), config)
+    model.train()
+    adapters = [layer.jora_adapters["default"] for layer in model.modules() if isinstance(layer, JoraLayer)]
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**40)
+    skipped = counted = 0
+    while counted < 2:
+        assert skipped + counted < 40, "the loss scale never came down to finite gradients"
+        ids = token_batch(seed=skipped + counted)
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = model(ids, labels=ids).loss
+        scale = scaler.get_scale()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad()
+        overflowed = scaler.get_scale() < scale
+        skipped += overflowed
+        counted += not overflowed
+        if overflowed and counted == 0:  # nothing finite has reached the statistics yet
+            assert all(torch.equal(a.ema_L, torch.zeros_like(a.ema_L)) for a in adapters)
+    assert skipped >= 1
+    for adapter in adapters:
+        for ema in (adapter.ema_L, adapter.ema_R):
+            assert torch.isfinite(ema).all() and (ema > 0).any()
+
+
 class _CastRecorder(TorchDispatchMode):
     """Records ``(source dtype, target dtype, shape)`` of every dtype cast dispatched under it."""
 

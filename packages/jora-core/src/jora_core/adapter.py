@@ -27,7 +27,12 @@ from jora_core.settings import JoraSettings
 from jora_ops._compile import compile_enabled, run
 from jora_ops.fused import Magnitude, jora_delta, jora_linear
 from jora_ops.magnitude import compute_ecd_scale, compute_oer_scale_softmax, linear_temperature_anneal
-from jora_ops.selection import compute_allowed_pairs, select_random_pairs, select_top_k_pairs_gpu
+from jora_ops.selection import (
+    compute_allowed_pairs,
+    ema_update,
+    select_random_pairs,
+    select_top_k_pairs_gpu,
+)
 
 __all__ = ["SIDES", "JoraAdapter"]
 
@@ -429,9 +434,8 @@ class JoraAdapter(nn.Module):
         for side in SIDES:
             calls = host.calls[side]
             if calls:
-                acc = self._acc(side)
-                beta = self.settings.ema_beta
-                self._ema(side).mul_(beta).add_(acc, alpha=(1.0 - beta) / calls)
+                acc, ema = self._acc(side), self._ema(side)
+                ema.copy_(run(ema_update, compile_enabled(ema), ema, acc, self.settings.ema_beta, calls))
                 acc.zero_()
                 host.calls[side] = 0
         host.step += 1

@@ -28,6 +28,7 @@ from jora_ops.rotation import (
 from jora_ops.selection import (
     PAIRING_STRATEGIES,
     compute_allowed_pairs,
+    ema_update,
     select_random_pairs,
     select_top_k_pairs_gpu,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "compute_scale",
     "core_apply",
     "core_dense",
+    "ema_update",
     "jora_delta",
     "jora_linear",
     "linear_temperature_anneal",

@@ -15,9 +15,21 @@ PAIRING_STRATEGIES: tuple[str, ...] = ("consecutive", "high_low")
 __all__ = [
     "PAIRING_STRATEGIES",
     "compute_allowed_pairs",
+    "ema_update",
     "select_random_pairs",
     "select_top_k_pairs_gpu",
 ]
+
+
+def ema_update(ema: torch.Tensor, collected: torch.Tensor, beta: float, count: int) -> torch.Tensor:
+    """The statistic's EMA after one step: ``β·ema + (1 − β)·collected / count`` (``count`` collections summed).
+
+    A step whose ``collected`` holds a non-finite value leaves the EMA unchanged: gradients that overflowed
+    (fp16 loss scaling, whose ``GradScaler`` skips that optimizer step) would otherwise make it inf or NaN for
+    good, and selection would rank garbage from then on. Decided on the device, without a host sync.
+    """
+    updated = ema * beta + collected * ((1.0 - beta) / count)
+    return torch.where(torch.isfinite(collected).all(), updated, ema)
 
 
 def _uniform(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
