@@ -53,6 +53,30 @@ def adapt(
         return base, JoraLinear(base, seed=123, **knobs)
 
 
+@given(knobs=KNOBS, init_weights=st.booleans(), seed=st.integers(0, 2**40))
+def test_the_adapter_is_a_function_of_base_weight_knobs_and_seed(
+    knobs, init_weights: bool, seed: int
+) -> None:
+    """Every random draw at creation comes from the per-layer seed: two creations with torch's global generator
+    in different states are identical (the core's init included), and another seed gives another init."""
+    knobs = knobs | {"init_weights": init_weights}
+    base = make_layer("linear", 10, 12, torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # S clamping on tiny layers
+        torch.manual_seed(1)
+        first = JoraLinear(base, seed=seed, **knobs).adapter.state_dict()
+        torch.manual_seed(2)
+        torch.rand(100)
+        second = JoraLinear(base, seed=seed, **knobs).adapter.state_dict()
+        other = JoraLinear(base, seed=seed + 1, **knobs).adapter.state_dict()
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[key], second[key]) for key in first), knobs
+    random_core = knobs["core"] == "lowrank" or not (knobs["zero_init_core"] and init_weights)
+    core_keys = [key for key in first if key.startswith("core_") and not key.endswith("_init")]
+    if random_core:
+        assert any(not torch.equal(first[key], other[key]) for key in core_keys)
+
+
 @given(
     knobs=KNOBS,
     layer_kind=st.sampled_from(["linear", "conv1d"]),

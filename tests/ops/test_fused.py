@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import pytest
 import torch
@@ -41,6 +41,20 @@ class Case:
             "scale": self.scale,
             "rotation_param": self.rotation_param,
         }
+
+    def to(self, device: str) -> Case:
+        """The same case with every tensor on ``device``."""
+        moved = {
+            f.name: (
+                tuple(t.to(device) for t in value)
+                if isinstance(value := getattr(self, f.name), tuple)
+                else value.to(device)
+                if isinstance(value, torch.Tensor)
+                else value
+            )
+            for f in fields(self)
+        }
+        return Case(**moved)
 
     def dense(self) -> torch.Tensor:
         n, m = self.spec.out_features, self.spec.in_features
@@ -491,16 +505,20 @@ def test_triton_is_refused_where_it_has_no_kernel(monkeypatch: pytest.MonkeyPatc
         jora_linear(x, None, base_output=x @ case.weight.T, impl="triton", **case.kwargs())
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("kind", ["oer_softmax", "ecd_tanh"])
 @pytest.mark.parametrize("core_kind", ["diag", "lowrank"])
-def test_inner_magnitude_matches_an_explicit_scale_and_passes_gradcheck(kind: str, core_kind: str) -> None:
+def test_inner_magnitude_matches_an_explicit_scale_and_passes_gradcheck(
+    device: str, kind: str, core_kind: str
+) -> None:
+    """On CUDA (float64: the torch path) the scale and its closed-form gradients run compiled."""
     from jora_ops import Magnitude, compute_scale
 
-    case = make_case(core_kind, 7, 5, seed=21, with_scale=False)
+    case = make_case(core_kind, 7, 5, seed=21, with_scale=False).to(device)
     nu = case.weight.norm(dim=1)
     nu[3] = 0.0  # an excluded row
-    logits = torch.randn(7, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(7, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
 
     def inner(x, logits):
         magnitude = Magnitude(kind, logits, nu, (nu**2).sum(), 0.7, 1e-8, 0.4)
@@ -514,7 +532,7 @@ def test_inner_magnitude_matches_an_explicit_scale_and_passes_gradcheck(kind: st
     assert torch.autograd.gradcheck(inner, (x, logits))
     with pytest.raises(ValueError, match="at most one of scale and magnitude"):
         jora_linear(
-            x, case.weight, scale=torch.ones(7, dtype=torch.float64),
+            x, case.weight, scale=torch.ones(7, dtype=torch.float64, device=device),
             magnitude=Magnitude(kind, logits, nu, 1.0, 1.0), **{k: v for k, v in case.kwargs().items() if k != "scale"},
         )  # fmt: skip
 

@@ -39,6 +39,7 @@ __all__ = ["SIDES", "JoraAdapter"]
 SIDES: tuple[str, ...] = ("L", "R")
 RANDOM_THETA_RANGE = 0.5  # init_weights=False: θ ~ U(−0.5, 0.5)
 RANDOM_LOGIT_STD = 0.3  # init_weights=False: magnitude logits ~ N(0, 0.3²)
+_RANDOM_INIT, _CORE_INIT = 7, 8  # purposes of the per-layer generators drawn at creation (θ/logits, the core)
 
 
 def _mix_seed(*parts: int) -> int:
@@ -74,7 +75,9 @@ class JoraAdapter(nn.Module):
             read at creation for the row norms ``ν`` and the energy ``E``.
         layout: ``"linear"`` or ``"conv1d"``.
         settings: the knobs (defaults when ``None``); keyword ``knobs`` override single fields.
-        seed: per-layer seed for random pairs, Gumbel noise and random inits (same on every rank).
+        seed: per-layer seed of every random draw (the core's init, random pairs, Gumbel noise, the random
+            θ and logits of ``init_weights=False``): the same adapter on every rank and device, whatever the
+            state of torch's global generators.
         name: the layer's name, used in warnings.
 
     Trainable: ``theta_L`` ``[S_L]``, ``theta_R`` ``[S_R]``, the core's parameters and ``mag_logits`` ``[n]``
@@ -129,6 +132,7 @@ class JoraAdapter(nn.Module):
             zero_init=settings.zero_init_core,
             init_weights=settings.init_weights,
             device=device,
+            generator=torch.Generator().manual_seed(_mix_seed(int(seed) & 0x7FFFFFFFFFFFFFFF, _CORE_INIT)),
         )
         core.bind_to(self, "core_")  # flat state-dict keys: core_<param>, core_<param>_init
         self.core: JoraCore
@@ -158,7 +162,7 @@ class JoraAdapter(nn.Module):
             self.init_random_pairs()
         if not settings.init_weights:
             with torch.no_grad():
-                generator = torch.Generator().manual_seed(_mix_seed(self._host.seed, 7))
+                generator = torch.Generator().manual_seed(_mix_seed(self._host.seed, _RANDOM_INIT))
                 for theta in (self.theta_L, self.theta_R):
                     rand = torch.rand(theta.shape, generator=generator, dtype=torch.float32) * 2 - 1
                     theta.copy_(RANDOM_THETA_RANGE * rand)

@@ -20,6 +20,19 @@ SMALL_INIT_STD = 0.01  # the "small random" core of zero_init_core=False (JORA.m
 RANDOM_INIT_STD = 0.1  # init_weights=False: a clearly non-identity core
 
 
+def _fill_random(param: torch.Tensor, law: str, size: float, generator: torch.Generator | None) -> None:
+    """Fill ``param`` with ``N(0, size²)`` (``law="normal"``) or ``U(−size, size)`` (``"uniform"``), drawn on
+    the CPU from ``generator`` (the same values on every device) or, without one, from the global generator of
+    ``param``'s device."""
+    draw = param if generator is None else torch.empty(param.shape, dtype=param.dtype)
+    if law == "normal":
+        draw.normal_(0.0, size, generator=generator)
+    else:
+        draw.uniform_(-size, size, generator=generator)
+    if draw is not param:
+        param.copy_(draw)
+
+
 class JoraCore(nn.Module):
     """Base of the cores: parameters named by ``param_names``, optional offset buffers ``<name>_init``.
 
@@ -30,6 +43,8 @@ class JoraCore(nn.Module):
         init_weights: ``False`` → random core (std 0.1) without offset: a non-identity init for tests.
         device: parameter device.
         dtype: parameter dtype (fp32 by default).
+        generator: a CPU generator for the random init (drawn on the CPU, then copied to ``device``: the same
+            values on every device); ``None`` draws from torch's global generator of ``device``.
     """
 
     param_names: tuple[str, ...] = ()
@@ -42,6 +57,7 @@ class JoraCore(nn.Module):
         init_weights: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -51,17 +67,17 @@ class JoraCore(nn.Module):
         with torch.no_grad():
             if not init_weights:
                 for p in self.params():
-                    p.normal_(0.0, RANDOM_INIT_STD)
+                    _fill_random(p, "normal", RANDOM_INIT_STD, generator)
             elif zero_init:
-                self._zero_init()
+                self._zero_init(generator)
             else:
                 for p in self.params():
-                    p.normal_(0.0, SMALL_INIT_STD)
+                    _fill_random(p, "normal", SMALL_INIT_STD, generator)
         for name in self.param_names:
             tensor = getattr(self, name).detach().clone() if self.has_offset else None
             self.register_buffer(f"{name}_init", tensor, persistent=True)
 
-    def _zero_init(self) -> None:
+    def _zero_init(self, generator: torch.Generator | None) -> None:
         """Zero core (overridden by LowRankCore, whose B stays random so both factors learn)."""
 
     def bind_to(self, owner: nn.Module, prefix: str) -> None:
@@ -135,10 +151,9 @@ class LowRankCore(JoraCore):
 
     param_names = ("A", "B")
 
-    def _zero_init(self) -> None:
+    def _zero_init(self, generator: torch.Generator | None) -> None:
         # LoRA style: the output factor is zero, the input factor random, so both receive gradient.
-        bound = 1.0 / math.sqrt(self.spec.in_features)
-        self.B.uniform_(-bound, bound)
+        _fill_random(self.B, "uniform", 1.0 / math.sqrt(self.spec.in_features), generator)
 
 
 _CORE_CLASSES: dict[str, type[JoraCore]] = {"diag": DiagCore, "block": BlockCore, "lowrank": LowRankCore}
@@ -156,8 +171,10 @@ def build_core(
     init_weights: bool = True,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
 ) -> JoraCore:
-    """Build the core ``kind`` (``"diag"``, ``"block"`` or ``"lowrank"``) for an ``n×m`` layer."""
+    """Build the core ``kind`` (``"diag"``, ``"block"`` or ``"lowrank"``) for an ``n×m`` layer (arguments as
+    :class:`JoraCore`'s)."""
     spec = CoreSpec(
         kind,
         out_features,
@@ -167,5 +184,5 @@ def build_core(
         alpha=float(lowrank_alpha if lowrank_alpha is not None else lowrank_r),
     )
     return _CORE_CLASSES[kind](
-        spec, zero_init=zero_init, init_weights=init_weights, device=device, dtype=dtype
+        spec, zero_init=zero_init, init_weights=init_weights, device=device, dtype=dtype, generator=generator
     )

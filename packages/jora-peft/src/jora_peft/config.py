@@ -74,7 +74,9 @@ class JoraConfig(PeftConfig):
     pairing_strategy: str = _knob(_DEFAULTS.pairing_strategy, f"One of {PAIRING_STRATEGIES}.")
     use_gumbel: bool = _knob(_DEFAULTS.use_gumbel, "Rank candidates by log-energy plus Gumbel noise.")
     gumbel_tau: float = _knob(_DEFAULTS.gumbel_tau, "Gumbel temperature (> 0).")
-    seed: int = _knob(0, "Base seed of the per-layer generators (random pairs, Gumbel noise).")
+    seed: int = _knob(
+        0, "Base seed of the per-layer generators (the core's random init, random pairs, Gumbel noise)."
+    )
     core: str = _knob(_DEFAULTS.core, f"One of {CORE_KINDS}.")
     block_size: int = _knob(_DEFAULTS.block_size, "Block size of the 'block' core.")
     lowrank_r: int = _knob(_DEFAULTS.lowrank_r, "Rank of the 'lowrank' core.")
