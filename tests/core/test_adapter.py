@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 
@@ -253,8 +254,9 @@ def test_statistics_not_double_counted_under_checkpointing(use_reentrant: bool) 
     assert adapter.current_step == 1
 
 
-_TRITON_BACKEND = _dispatch.triton_available() and (
-    _dispatch.triton_interpreting() or torch.cuda.is_available()
+needs_triton_backend = pytest.mark.skipif(
+    not (_dispatch.triton_available() and (_dispatch.triton_interpreting() or torch.cuda.is_available())),
+    reason="needs triton with TRITON_INTERPRET=1 (CI) or a CUDA device",
 )
 
 
@@ -262,12 +264,7 @@ _TRITON_BACKEND = _dispatch.triton_available() and (
     "impl",
     [
         "torch",
-        pytest.param(
-            "triton",
-            marks=pytest.mark.skipif(
-                not _TRITON_BACKEND, reason="needs triton with TRITON_INTERPRET=1 (CI) or a CUDA device"
-            ),
-        ),
+        pytest.param("triton", marks=needs_triton_backend),
     ],
 )
 @pytest.mark.parametrize("bad", [float("inf"), float("nan")])
@@ -296,6 +293,61 @@ def test_a_step_with_non_finite_gradients_leaves_that_sides_statistic_unchanged(
         adapter.ema_R, beta * (1 - beta) * x1.square().mean(0) + (1 - beta) * x2.square().mean(0)
     )
     assert adapter.current_step == 2
+
+
+def _replicas(module: torch.nn.Module, count: int) -> list[torch.nn.Module]:
+    """What ``nn.DataParallel``'s ``replicate`` makes, on the CPU: per replica a ``_replicate_for_data_parallel``
+    copy of every module, its parameters autograd views of the originals (gradients flow back), its buffers
+    those of the original for the first replica and copies for the others (the other devices')."""
+    modules = list(module.modules())
+    index = {m: i for i, m in enumerate(modules)}
+    copies = [[m._replicate_for_data_parallel() for m in modules] for _ in range(count)]
+    for i, original in enumerate(modules):
+        for j, replica in enumerate(c[i] for c in copies):
+            for key, child in original._modules.items():
+                assert child is not None
+                setattr(replica, key, copies[j][index[child]])
+            for key, param in original._parameters.items():
+                if param is not None:
+                    setattr(replica, key, param.view_as(param))
+            for key, buffer in original._buffers.items():
+                if buffer is not None:
+                    replica._buffers[key] = buffer if j == 0 else buffer.clone()
+    return [c[0] for c in copies]
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("triton", marks=needs_triton_backend)])
+def test_data_parallel_replicas_train_like_the_module_on_the_whole_batch(impl: str) -> None:
+    """``nn.DataParallel`` (the HF Trainer's wrapper when several GPUs are visible without torchrun) runs one
+    replica per device on a share of the batch: each replica's core computes with the replica's own tensors,
+    and every replica's statistics reach the adapter, so the EMAs, the pairs chosen and the gradients are
+    those of the module on the whole batch (before the fix the other replicas' statistics were lost)."""
+    device = "cuda" if impl == "triton" and torch.cuda.is_available() else "cpu"
+    _, layer = adapt("linear", 9, 14, S_L=4, S_R=3, k=1, ema_beta=0.5, update_interval=1, rotation_impl=impl)
+    layer.to(device)
+    reference = copy.deepcopy(layer)
+    optimizers = [
+        torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) for m in (layer, reference)
+    ]
+    for step in range(4):
+        x, grad = torch.randn(8, 9, device=device), torch.randn(8, 14, device=device)
+        reference(x).backward(grad)
+        replicas = _replicas(layer, 2)
+        assert replicas[1].adapter.core.params()[0] is replicas[1].adapter.core_diag
+        outputs = [replica(part) for replica, part in zip(replicas, x.chunk(2), strict=True)]
+        torch.autograd.backward(outputs, list(grad.chunk(2)))
+        ours, theirs = layer.adapter, reference.adapter
+        assert ours.current_step == theirs.current_step == step + 1
+        torch.testing.assert_close(ours.ema_L, theirs.ema_L)
+        torch.testing.assert_close(ours.ema_R, theirs.ema_R)
+        assert torch.equal(ours.pairs_L, theirs.pairs_L) and torch.equal(ours.pairs_R, theirs.pairs_R)
+        for (name, param), other in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+            if param.grad is not None or other.grad is not None:
+                torch.testing.assert_close(param.grad, other.grad, msg=name)
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+    assert (ours.pairs_L >= 0).all() and (ours.pairs_R >= 0).all()  # selection ran on the merged statistics
 
 
 def test_ema_update_interval_skips_steps() -> None:

@@ -13,6 +13,7 @@ loaded.
 from __future__ import annotations
 
 import functools
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,7 @@ __all__ = ["SIDES", "JoraAdapter"]
 SIDES: tuple[str, ...] = ("L", "R")
 RANDOM_THETA_RANGE = 0.5  # init_weights=False: θ ~ U(−0.5, 0.5)
 RANDOM_LOGIT_STD = 0.3  # init_weights=False: magnitude logits ~ N(0, 0.3²)
+_REPLICA_LOCK = threading.Lock()  # nn.DataParallel replicas merge their backward into the source adapter
 _RANDOM_INIT, _CORE_INIT = 7, 8  # purposes of the per-layer generators drawn at creation (θ/logits, the core)
 
 
@@ -416,8 +418,20 @@ class JoraAdapter(nn.Module):
         restored = merged.to(compute_dtype) / self._row_scale_view() - self.delta_weight(compute_dtype)
         return restored.to(merged.dtype)
 
+    def _replicate_for_data_parallel(self) -> JoraAdapter:
+        """A replica for ``nn.DataParallel`` (one per device and forward): its core reads the replica's own
+        tensor copies, and its backward hands its statistics and the schedule to this adapter."""
+        replica = super()._replicate_for_data_parallel()
+        object.__setattr__(replica, "core", self.core.view_on(replica))
+        replica.__dict__["_data_parallel_source"] = self  # a plain reference, not a submodule
+        return replica
+
     # ------------------------------------------------------------------ schedule
     def _on_backward(self, collected_L: bool, collected_R: bool) -> None:
+        source: JoraAdapter | None = self.__dict__.get("_data_parallel_source")
+        if source is not None:
+            source._merge_replica_backward(self, collected_L, collected_R)
+            return
         self._host.calls["L"] += collected_L
         self._host.calls["R"] += collected_R
         # Once per backward pass: keyed by the engine's graph task, so a pass that failed half-way (and never
@@ -426,6 +440,17 @@ class JoraAdapter(nn.Module):
         if task != self._host.queued_task:
             self._host.queued_task = task
             torch.autograd.Variable._execution_engine.queue_callback(self._finish_backward)
+
+    def _merge_replica_backward(self, replica: JoraAdapter, collected_L: bool, collected_R: bool) -> None:
+        """A ``nn.DataParallel`` replica's backward (on its device's autograd thread): add the statistics it
+        collected into this adapter's accumulators (the replica on this adapter's device shares them), count
+        its call, and queue this adapter's end-of-backward, which then sees every replica's share."""
+        with _REPLICA_LOCK:  # replicas finish their backward on one thread per device
+            for side, collected in zip(SIDES, (collected_L, collected_R), strict=True):
+                mine, theirs = self._acc(side), replica._acc(side)
+                if collected and theirs.data_ptr() != mine.data_ptr():
+                    mine.add_(theirs.to(mine.device))
+            self._on_backward(collected_L, collected_R)
 
     def _finish_backward(self) -> None:
         """Runs once at the end of each backward call that went through this adapter.

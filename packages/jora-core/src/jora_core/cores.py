@@ -6,6 +6,7 @@ structured offset ``C₀`` (a buffer of the same shapes, never a dense n×m matr
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -95,6 +96,13 @@ class JoraCore(nn.Module):
             del self._buffers[name]
         object.__setattr__(self, "_owner", owner)  # not a submodule: no cycle in the module tree
         object.__setattr__(self, "_prefix", prefix)
+
+    def view_on(self, owner: nn.Module) -> JoraCore:
+        """This core reading its tensors from ``owner`` instead (a replica of the owner, as
+        ``nn.DataParallel`` makes one per device with the replica's own parameter and buffer copies)."""
+        view = copy.copy(self)
+        object.__setattr__(view, "_owner", owner)
+        return view
 
     def __getattr__(self, name: str) -> Any:
         owner = self.__dict__.get("_owner")
