@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -12,15 +11,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from process_group import TESTS_DIR, free_port
+
 WORLD_SIZE = 2
 STEPS = 6
-TESTS_DIR = str(Path(__file__).resolve().parents[1])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _worker(rank: int, port: int, out_dir: str, broadcast_buffers: bool) -> None:
@@ -63,7 +57,7 @@ def _worker(rank: int, port: int, out_dir: str, broadcast_buffers: bool) -> None
 @pytest.mark.parametrize("broadcast_buffers", [False, True])
 def test_two_gloo_ranks_select_identical_pairs(tmp_path: Path, broadcast_buffers: bool) -> None:
     # broadcast_buffers=False leaves the statistics all-reduce as the only thing keeping ranks identical
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), broadcast_buffers), nprocs=WORLD_SIZE, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), broadcast_buffers), nprocs=WORLD_SIZE, join=True)
     results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
     first, second = results
     assert first["state"].keys() == second["state"].keys() and first["state"]

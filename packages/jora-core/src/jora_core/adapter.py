@@ -35,6 +35,11 @@ from jora_ops.selection import (
     select_top_k_pairs_gpu,
 )
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # a torch built without distributed support has no sharded tensors
+    DTensor = None
+
 __all__ = ["SIDES", "JoraAdapter"]
 
 SIDES: tuple[str, ...] = ("L", "R")
@@ -494,11 +499,18 @@ class JoraAdapter(nn.Module):
         return ema
 
     def _fill_slots(self, side: str, new_pairs: torch.Tensor) -> None:
+        """Activate the next ``len(new_pairs)`` slots with ``new_pairs`` and θ = 0.
+
+        Inactive slots get exactly zero gradient, so their θ is 0 already and writing it is a guard; an angle
+        tensor sharded by FSDP2 (a ``DTensor`` outside forward) has no local slot rows and is left as it is.
+        """
         start = self._host.active[side]
         count = new_pairs.shape[0]
         with torch.no_grad():
             self._pairs(side)[start : start + count] = new_pairs
-            self._theta(side)[start : start + count] = 0.0
+            theta = self._theta(side)
+            if DTensor is None or not isinstance(theta, DTensor):
+                theta[start : start + count] = 0.0
         self._host.active[side] = start + count
 
     @torch.no_grad()
@@ -562,7 +574,13 @@ class JoraAdapter(nn.Module):
 
     def state_summary(self) -> dict[str, Any]:
         """What users inspect: active ``pairs_L``/``pairs_R`` ``[a, 2]``, their ``theta_L``/``theta_R``, the
-        ``scale`` s, ``frozen_L``/``frozen_R`` and ``step``."""
+        ``scale`` s, ``frozen_L``/``frozen_R`` and ``step``. Under FSDP2 call it with the parameters
+        unsharded (``unshard()`` on the FSDP modules, ``reshard()`` after)."""
+        if DTensor is not None and isinstance(self.theta_L, DTensor):
+            raise RuntimeError(
+                f"{self.name}: the adapter's parameters are sharded (FSDP2); call unshard() on the FSDP modules "
+                "before reading the JORA state, and reshard() after"
+            )
         a_L, a_R = self._host.active["L"], self._host.active["R"]
         return {
             "pairs_L": self.pairs_L[:a_L].detach().clone(),
