@@ -58,6 +58,16 @@ def _mix_seed(*parts: int) -> int:
     return value & 0x7FFFFFFFFFFFFFFF
 
 
+def _seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from integers with :func:`_mix_seed` (the same draws on every rank and run)."""
+    return torch.Generator().manual_seed(_mix_seed(*parts))
+
+
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (a parameter sharded by FSDP2 outside forward)."""
+    return DTensor is not None and isinstance(tensor, DTensor)
+
+
 @dataclass(slots=True)
 class _HostState:
     """Host mirrors of the counters that decide shapes and the schedule (never read back from the device).
@@ -109,6 +119,7 @@ class JoraAdapter(nn.Module):
         **knobs: Any,
     ) -> None:
         super().__init__()
+        layer_seed = int(seed) & 0x7FFFFFFFFFFFFFFF
         settings = settings or JoraSettings()
         if knobs:
             settings = JoraSettings(**{**settings.to_dict(), **knobs})
@@ -139,7 +150,7 @@ class JoraAdapter(nn.Module):
             zero_init=settings.zero_init_core,
             init_weights=settings.init_weights,
             device=device,
-            generator=torch.Generator().manual_seed(_mix_seed(int(seed) & 0x7FFFFFFFFFFFFFFF, _CORE_INIT)),
+            generator=_seeded_generator(layer_seed, _CORE_INIT),
         )
         core.bind_to(self, "core_")  # flat state-dict keys: core_<param>, core_<param>_init
         self.core: JoraCore
@@ -155,13 +166,13 @@ class JoraAdapter(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("total_steps", torch.full((), -1, dtype=torch.long, device=device))
         self.register_buffer("temperature", torch.full((), settings.initial_temperature, **fp32))
-        self.register_buffer("seed", torch.tensor(int(seed) & 0x7FFFFFFFFFFFFFFF, device=device))
+        self.register_buffer("seed", torch.tensor(layer_seed, device=device))
         self.register_buffer("ema_L", torch.zeros(self.out_features, **fp32))
         self.register_buffer("ema_R", torch.zeros(self.in_features, **fp32))
         self.register_buffer("acc_L", torch.zeros(self.out_features, **fp32), persistent=False)
         self.register_buffer("acc_R", torch.zeros(self.in_features, **fp32), persistent=False)
 
-        self._host = _HostState(seed=int(seed) & 0x7FFFFFFFFFFFFFFF)
+        self._host = _HostState(seed=layer_seed)
         self.register_load_state_dict_post_hook(JoraAdapter._refresh_mirrors)
         self.register_state_dict_pre_hook(JoraAdapter._write_step)
 
@@ -169,7 +180,7 @@ class JoraAdapter(nn.Module):
             self.init_random_pairs()
         if not settings.init_weights:
             with torch.no_grad():
-                generator = torch.Generator().manual_seed(_mix_seed(self._host.seed, _RANDOM_INIT))
+                generator = _seeded_generator(layer_seed, _RANDOM_INIT)
                 for theta in (self.theta_L, self.theta_R):
                     rand = torch.rand(theta.shape, generator=generator, dtype=torch.float32) * 2 - 1
                     theta.copy_(RANDOM_THETA_RANGE * rand)
@@ -489,7 +500,7 @@ class JoraAdapter(nn.Module):
 
     def _generator(self, side: str, purpose: int) -> torch.Generator:
         side_index = SIDES.index(side)
-        return torch.Generator().manual_seed(_mix_seed(self._host.seed, purpose, self._host.step, side_index))
+        return _seeded_generator(self._host.seed, purpose, self._host.step, side_index)
 
     def _synchronised_ema(self, side: str) -> torch.Tensor:
         ema = self._ema(side)
@@ -509,7 +520,7 @@ class JoraAdapter(nn.Module):
         with torch.no_grad():
             self._pairs(side)[start : start + count] = new_pairs
             theta = self._theta(side)
-            if DTensor is None or not isinstance(theta, DTensor):
+            if not _is_sharded(theta):
                 theta[start : start + count] = 0.0
         self._host.active[side] = start + count
 
@@ -576,7 +587,7 @@ class JoraAdapter(nn.Module):
         """What users inspect: active ``pairs_L``/``pairs_R`` ``[a, 2]``, their ``theta_L``/``theta_R``, the
         ``scale`` s, ``frozen_L``/``frozen_R`` and ``step``. Under FSDP2 call it with the parameters
         unsharded (``unshard()`` on the FSDP modules, ``reshard()`` after)."""
-        if DTensor is not None and isinstance(self.theta_L, DTensor):
+        if _is_sharded(self.theta_L):
             raise RuntimeError(
                 f"{self.name}: the adapter's parameters are sharded (FSDP2); call unshard() on the FSDP modules "
                 "before reading the JORA state, and reshard() after"
